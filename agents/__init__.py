@@ -1,0 +1,1 @@
+"""simulacra.agents: see docs/ARCHITECTURE.md."""

@@ -1,0 +1,86 @@
+"""The `simulacra` command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from simulacra.inference.errors import ModelLoadError
+
+app = typer.Typer(
+    help="Generative-agent town simulations on one shared local inference engine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def models(paths: list[Path] = typer.Argument(None, help="GGUF files or Hugging Face folders")) -> None:
+    """List loadable models: the packaged default and any PATH given."""
+    from simulacra.inference.loader import describe_model
+
+    table = Table(title="Models")
+    for col in ("model", "format", "family", "params", "experts (active/total)", "weights", "context"):
+        table.add_column(col)
+    failed = False
+    for path in [None, *(paths or [])]:
+        try:
+            info = describe_model(path)
+        except ModelLoadError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            failed = True
+            continue
+        cfg = info.config
+        params = f"{info.total_params / 1e6:,.1f}M"
+        if cfg.is_moe:
+            params += f" ({info.active_params / 1e6:,.1f}M active)"
+        experts = f"{cfg.n_experts_per_tok}/{cfg.n_experts}" if cfg.is_moe else "dense"
+        name = "default: " + info.path.name if path is None else str(info.path)
+        table.add_row(name, info.format, cfg.family, params, experts, info.quantization, f"{cfg.max_position:,}")
+    console.print(table)
+    if failed:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    prompt: str,
+    model: str = typer.Option(None, help="GGUF file or HF folder (default: packaged SmolLM2)"),
+    max_tokens: int = typer.Option(64, min=1, max=4096),
+    chat: bool = typer.Option(True, help="wrap the prompt in the model's chat template"),
+) -> None:
+    """Greedy continuation of PROMPT (a quick check that the model core works)."""
+    from simulacra.inference.generate import greedy_generate
+    from simulacra.inference.loader import load_model
+
+    try:
+        t0 = time.perf_counter()
+        lm = load_model(model)
+        loaded = time.perf_counter() - t0
+    except ModelLoadError as exc:
+        _fail(exc)
+    tok = lm.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = tok.encode(text, add_special_tokens=not chat)
+    t0 = time.perf_counter()
+    out = greedy_generate(lm.model, [ids], max_tokens, stop_ids=tok.eos_ids)[0]
+    dt = time.perf_counter() - t0
+    console.print(tok.decode(out))
+    console.print(
+        f"[dim]{len(ids)} prompt + {len(out)} new tokens in {dt:.2f}s; model loaded in {loaded:.1f}s "
+        f"({lm.model.dtype})[/dim]"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""simulacra.viewer: see docs/ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""simulacra.world: see docs/ARCHITECTURE.md."""
