@@ -1,0 +1,91 @@
+"""The one small port every consumer of language models uses.
+
+Residents, the research API and the HTTP server all call `await llm.generate(...)`; behind it sit
+the local engine, an OpenAI-compatible HTTP backend, a replay backend and a scripted fake. Nothing
+outside `inference` needs to know which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+Messages = list[dict[str, str]]
+Prompt = str | Messages  # raw text, or chat messages rendered with the model's template
+Schema = type[BaseModel] | dict[str, Any] | list[str] | None  # pydantic model, JSON schema, or choices
+
+
+class RequestError(ValueError):
+    """A request the backend refuses (bad arguments, prompt too long, invalid schema).
+
+    `param` names the offending argument; `code` is a short machine-readable reason, as in
+    OpenAI's error objects. Backends raise it before any work is done, so nothing is left behind.
+    """
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def validate(self, context_length: int | None = None) -> None:
+        if not 1 <= self.max_tokens <= (context_length or 1 << 20):
+            raise RequestError(f"max_tokens must be between 1 and {context_length}, got {self.max_tokens}",
+                               "max_tokens")
+        if not 0.0 <= self.temperature <= 10.0:
+            raise RequestError(f"temperature must be in [0, 10], got {self.temperature}", "temperature")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
+        if self.top_k < 0:
+            raise RequestError(f"top_k must be >= 0, got {self.top_k}", "top_k")
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    parsed: Any = None  # the validated object when a schema was given
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    finish_reason: str = "stop"  # "stop" | "length"
+    timings: dict[str, float] = field(default_factory=dict)  # queue_s, first_token_s, total_s, mask_s
+
+
+@dataclass
+class StreamEvent:
+    delta: str
+    result: GenerateResult | None = None  # set on the last event only
+
+
+@runtime_checkable
+class LLM(Protocol):
+    async def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        schema: Schema = None,
+    ) -> GenerateResult: ...
+
+    def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]: ...
+
+    def stats(self) -> dict[str, float]: ...
+
+    async def aclose(self) -> None: ...
