@@ -42,8 +42,9 @@ class SamplingParams:
 
     def validate(self, context_length: int | None = None) -> None:
         if not 1 <= self.max_tokens <= (context_length or 1 << 20):
-            raise RequestError(f"max_tokens must be between 1 and {context_length}, got {self.max_tokens}",
-                               "max_tokens")
+            raise RequestError(
+                f"max_tokens must be between 1 and {context_length}, got {self.max_tokens}", "max_tokens"
+            )
         if not 0.0 <= self.temperature <= 10.0:
             raise RequestError(f"temperature must be in [0, 10], got {self.temperature}", "temperature")
         if not 0.0 < self.top_p <= 1.0:

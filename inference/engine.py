@@ -1,0 +1,336 @@
+"""The shared local engine behind the `LLM` port.
+
+Any number of coroutines `await engine.generate(...)`; each request becomes a `Sequence` handed to a
+background worker thread, which runs scheduler steps as long as there is work: every step is one
+forward pass over all running requests (prefill chunks and decodes together). Results and stream
+deltas go back to the caller's event loop thread-safely, so the event loop (viewer, server) stays
+responsive while the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simulacra.inference.block_manager import BlockManager
+from simulacra.inference.loader import LoadedModel, load_model
+from simulacra.inference.paged_kv import PagedKV
+from simulacra.inference.port import GenerateResult, Prompt, RequestError, SamplingParams, Schema, StreamEvent
+from simulacra.inference.runner import ModelRunner
+from simulacra.inference.sampling import make_generator, sample_row
+from simulacra.inference.scheduler import Chunk, Scheduler
+from simulacra.inference.sequence import Sequence
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    kv_cache_gb: float = 1.0
+    max_num_seqs: int = 128
+    max_batched_tokens: int = 2048  # per step: bounds prefill chunk size and step latency
+    seed: int = 0  # seeds requests that bring none, in arrival order
+
+
+class Counters:
+    """Running totals for progress displays, the viewer and benchmarks."""
+
+    def __init__(self) -> None:
+        self.requests = self.finished = self.steps = 0
+        self.batch_tokens = self.batch_seqs = 0
+        self.prompt_tokens = self.prefill_tokens = self.decode_tokens = 0
+        self.step_seconds = self.mask_seconds = 0.0
+        self.started = time.perf_counter()
+
+    def as_dict(self, running: int, waiting: int, preemptions: int, cached_tokens: int) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        return {
+            "requests": self.requests,
+            "finished": self.finished,
+            "running": running,
+            "waiting": waiting,
+            "steps": self.steps,
+            "mean_batch_seqs": self.batch_seqs / steps,
+            "mean_batch_tokens": self.batch_tokens / steps,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": cached_tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "decode_tokens": self.decode_tokens,
+            "cache_hit_rate": cached_tokens / max(self.prompt_tokens, 1),
+            "tokens_per_s": (self.prefill_tokens + self.decode_tokens) / max(self.step_seconds, 1e-9),
+            "decode_tokens_per_s": self.decode_tokens / max(self.step_seconds, 1e-9),
+            "step_seconds": self.step_seconds,
+            "mask_seconds": self.mask_seconds,
+            "preemptions": preemptions,
+        }
+
+
+class _Request:
+    """A sequence plus the way back to its caller's event loop."""
+
+    def __init__(self, seq: Sequence, schema: Schema, loop: asyncio.AbstractEventLoop) -> None:
+        self.seq, self.schema, self.loop = seq, schema, loop
+        self.events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        self.sent = 0  # characters of seq.text already streamed
+
+    def send(self, item: StreamEvent | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class Engine:
+    def __init__(self, model: LoadedModel | str | Path | None = None, config: EngineConfig | None = None) -> None:
+        self.lm = model if isinstance(model, LoadedModel) else load_model(model)
+        self.config = cfg = config or EngineConfig()
+        mcfg = self.lm.model.cfg
+        per_token = PagedKV.bytes_per_token(mcfg.n_layers, mcfg.n_kv_heads, mcfg.head_dim, self.lm.model.dtype)
+        num_blocks = max(int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size), 2)
+        self.blocks = BlockManager(num_blocks, cfg.block_size)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batched_tokens)
+        self.runner = ModelRunner(self.lm.model, num_blocks, cfg.block_size)
+        self.tokenizer = self.lm.tokenizer
+        self.context_length = min(mcfg.max_position, num_blocks * cfg.block_size - 1)
+        self.counters = Counters()
+        self._seed_rng = random.Random(cfg.seed)
+        self._grammars: Any = None
+        self._inbox: list[_Request] = []
+        self._requests: dict[int, _Request] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- public API
+
+    async def generate(self, prompt: Prompt, *, schema: Schema = None, **sampling: Any) -> GenerateResult:
+        result = None
+        async for event in self.stream(prompt, schema=schema, **sampling):
+            result = event.result
+        assert result is not None
+        return result
+
+    async def stream(self, prompt: Prompt, *, schema: Schema = None, **sampling: Any) -> AsyncIterator[StreamEvent]:
+        request = self._make_request(prompt, schema, sampling)
+        self._submit(request)
+        try:
+            while True:
+                item = await request.events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.result is not None:
+                    return
+        finally:
+            if request.seq.finish_reason is None:
+                request.seq.cancelled = True  # the caller went away: free its blocks at the next step
+                self._notify()
+
+    def stats(self) -> dict[str, float]:
+        sched = self.scheduler
+        return self.counters.as_dict(len(sched.running), len(sched.waiting), sched.preemptions, sched.reused_tokens)
+
+    async def aclose(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.join)
+
+    # ----------------------------------------------------------------- requests
+
+    def _grammar_compiler(self) -> Any:
+        if self._grammars is None:
+            from simulacra.inference.structured import GrammarCompiler
+
+            self._grammars = GrammarCompiler(self.tokenizer, self.lm.model.cfg.vocab_size)
+        return self._grammars
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise RequestError("messages must be a non-empty list of {role, content} objects", "messages")
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(prompt), add_special_tokens=False)
+
+    def _make_request(self, prompt: Prompt, schema: Schema, sampling: dict[str, Any]) -> _Request:
+        stop = sampling.pop("stop", None)
+        seed = sampling.pop("seed", None)
+        try:
+            params = SamplingParams(**sampling, stop=[stop] if isinstance(stop, str) else list(stop or []))
+        except TypeError as exc:
+            raise RequestError(str(exc)) from exc
+        params.validate(self.context_length)
+        ids = self.encode(prompt)
+        param = "prompt" if isinstance(prompt, str) else "messages"
+        if not ids:
+            raise RequestError("the prompt is empty", param)
+        if len(ids) + params.max_tokens > self.context_length:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}, more than the "
+                f"context length of {self.context_length}; shorten the prompt or lower max_tokens",
+                param,
+                "context_length_exceeded",
+            )
+        constraint = self._grammar_compiler().matcher(schema) if schema is not None else None
+        params.seed = seed if seed is not None else self._seed_rng.getrandbits(63)
+        seq = Sequence(ids, params, make_generator(params.seed), constraint)
+        return _Request(seq, schema, asyncio.get_running_loop())
+
+    def _submit(self, request: _Request) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._inbox.append(request)
+            self._wake.notify()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._loop, name="simulacra-engine", daemon=True)
+            self._worker.start()
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    # ----------------------------------------------------------------- worker thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._inbox or self.scheduler.has_work):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, []
+            for request in inbox:
+                self._requests[request.seq.id] = request
+                self.scheduler.add(request.seq)
+                self.counters.requests += 1
+                self.counters.prompt_tokens += len(request.seq.prompt_ids)
+            self.step()
+        for request in [*self._requests.values(), *self._inbox]:
+            request.send(RuntimeError("the engine was closed before this request finished"))
+
+    def step(self) -> None:
+        """One scheduler step: schedule, forward, sample, finish."""
+        for seq in self.scheduler.drop_cancelled():
+            self._requests.pop(seq.id, None)
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return
+        t0 = time.perf_counter()
+        try:
+            logits = self.runner.run(chunks)
+        except Exception as exc:  # a failed forward fails its requests, never the engine
+            for c in chunks:
+                self._fail(c.seq, exc)
+            return
+        counters = self.counters
+        for c in chunks:
+            c.seq.num_computed += c.num_tokens
+            self.blocks.publish(c.seq)
+            if c.start >= len(c.seq.prompt_ids):
+                counters.decode_tokens += c.num_tokens
+            else:
+                counters.prefill_tokens += c.num_tokens
+        self._sample([c for c in chunks if c.samples], logits)
+        counters.steps += 1
+        counters.batch_seqs += len(chunks)
+        counters.batch_tokens += sum(c.num_tokens for c in chunks)
+        counters.step_seconds += time.perf_counter() - t0
+
+    def _sample(self, chunks: list[Chunk], logits: torch.Tensor) -> None:
+        constraints = [c.seq.constraint for c in chunks]
+        if any(x is not None for x in constraints):
+            from simulacra.inference.structured import apply_masks
+
+            seconds = apply_masks(constraints, logits)
+            self.counters.mask_seconds += seconds
+            n = sum(x is not None for x in constraints)
+            for c in chunks:
+                if c.seq.constraint is not None:
+                    c.seq.mask_seconds += seconds / n
+        for row, c in enumerate(chunks):
+            seq = c.seq
+            try:
+                token = sample_row(logits[row], seq.params, seq.generator)
+                if seq.constraint is not None and token not in self.tokenizer.eos_ids:
+                    seq.constraint.advance(token)
+                self._append(seq, token)
+            except Exception as exc:  # one request's failure must not take the others down
+                self._fail(seq, exc)
+
+    def _append(self, seq: Sequence, token: int) -> None:
+        if seq.first_token_at is None:
+            seq.first_token_at = time.perf_counter()
+        request = self._requests[seq.id]
+        reason = None
+        if token in self.tokenizer.eos_ids:
+            reason = "stop"
+        else:
+            seq.output_ids.append(token)
+            seq.text = self.tokenizer.decode(seq.output_ids)
+            for s in seq.params.stop:
+                cut = seq.text.find(s)
+                if cut >= 0:
+                    seq.text, reason = seq.text[:cut], "stop"
+            if reason is None and seq.constraint is not None and seq.constraint.is_done():
+                reason = "stop"
+            elif reason is None and (len(seq.output_ids) >= seq.params.max_tokens or len(seq) >= self.context_length):
+                reason = "length"
+        if reason is None:
+            self._stream_delta(request, final=False)
+            return
+        self.scheduler.finish(seq, reason)
+        self.counters.finished += 1
+        try:
+            result = self._result(request)
+        except Exception as exc:
+            self._requests.pop(seq.id, None)
+            request.send(exc)
+            return
+        self._stream_delta(request, final=True, result=result)
+        self._requests.pop(seq.id, None)
+
+    def _stream_delta(self, request: _Request, final: bool, result: GenerateResult | None = None) -> None:
+        text = request.seq.text
+        end = len(text)
+        if not final:
+            hold = max((len(s) - 1 for s in request.seq.params.stop), default=0)  # might start a stop string
+            end = max(request.sent, end - hold)
+            if text[request.sent : end].endswith("\ufffd"):  # an incomplete UTF-8 character
+                return
+        if end > request.sent or final:
+            request.send(StreamEvent(text[request.sent : end], result))
+            request.sent = end
+
+    def _result(self, request: _Request) -> GenerateResult:
+        seq = request.seq
+        parsed = None
+        if request.schema is not None and seq.finish_reason == "stop":
+            from simulacra.inference.structured import parse_output
+
+            parsed = parse_output(request.schema, seq.text)
+        now = time.perf_counter()
+        return GenerateResult(
+            text=seq.text,
+            parsed=parsed,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.num_cached,
+            finish_reason=seq.finish_reason or "stop",
+            timings={
+                "first_token_s": (seq.first_token_at or now) - seq.arrived,
+                "total_s": now - seq.arrived,
+                "mask_s": seq.mask_seconds,
+            },
+        )
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        self.scheduler.finish(seq, "error")
+        request = self._requests.pop(seq.id, None)
+        if request is not None:
+            request.send(exc)

@@ -1,0 +1,44 @@
+"""Runs one scheduled step through the model: flatten the chunks, forward, logits of sampling rows."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from simulacra.inference.model import Transformer
+from simulacra.inference.paged_kv import PagedKV
+from simulacra.inference.scheduler import Chunk
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.kv = PagedKV(
+            cfg.n_layers,
+            num_blocks,
+            block_size,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            model.dtype,
+            str(model.embed.weight.device),
+        )
+
+    @torch.inference_mode()
+    def run(self, chunks: list[Chunk]) -> Tensor:
+        """fp32 logits, one row per chunk that samples (in chunk order)."""
+        tokens, positions, last_rows, row = [], [], [], 0
+        for c in chunks:
+            tokens.extend(c.seq.token_ids[c.start : c.start + c.num_tokens])
+            positions.extend(range(c.start, c.start + c.num_tokens))
+            row += c.num_tokens
+            if c.samples:
+                last_rows.append(row - 1)
+        self.kv.prepare([(c.seq.block_table, c.start, c.num_tokens) for c in chunks])
+        device = self.model.embed.weight.device
+        return self.model(
+            torch.tensor(tokens, device=device),
+            torch.tensor(positions, device=device),
+            self.kv,
+            logits_rows=torch.tensor(last_rows, dtype=torch.long, device=device),
+        )
