@@ -7,11 +7,12 @@ outside `inference` needs to know which.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages  # raw text, or chat messages rendered with the model's template
@@ -90,3 +91,30 @@ class LLM(Protocol):
     def stats(self) -> dict[str, float]: ...
 
     async def aclose(self) -> None: ...
+
+
+def parse_output(schema: Schema, text: str) -> Any:
+    """The value constrained output stands for: a validated model instance, the decoded JSON, or the chosen string.
+
+    Constrained text always parses, so a failure here (`invalid_output`) means the output was cut
+    short (max_tokens) or a bug; None as schema gives None (no parsed value).
+    """
+    if schema is None:
+        return None
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        try:
+            return schema.model_validate_json(text)
+        except ValidationError as exc:
+            raise RequestError(
+                f"output does not validate as {schema.__name__}: {exc}", "schema", "invalid_output"
+            ) from exc
+    if isinstance(schema, dict):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise RequestError(f"output is not JSON: {exc}", "schema", "invalid_output") from exc
+    if isinstance(schema, list | tuple):
+        if text in schema:
+            return text
+        raise RequestError(f"output {text[:80]!r} is none of the {len(schema)} choices", "schema", "invalid_output")
+    raise RequestError(f"unsupported schema type {type(schema).__name__}", "schema", "invalid_schema")
