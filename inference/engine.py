@@ -10,6 +10,7 @@ responsive while the model computes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 import time
@@ -28,6 +29,8 @@ from simulacra.inference.runner import ModelRunner
 from simulacra.inference.sampling import make_generator, sample_row
 from simulacra.inference.scheduler import Chunk, Scheduler
 from simulacra.inference.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -210,10 +213,18 @@ class Engine:
                 self.scheduler.add(request.seq)
                 self.counters.requests += 1
                 self.counters.prompt_tokens += len(request.seq.prompt_ids)
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a bug in a step fails the requests in flight, not the engine
+                logger.exception("engine step failed; failing %d requests", len(self._requests))
+                for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+                    if seq in self.scheduler.waiting:
+                        self.scheduler.waiting.remove(seq)
+                    self._fail(seq, exc)
         for request in [*self._requests.values(), *self._inbox]:
             request.send(RuntimeError("the engine was closed before this request finished"))
 
+    @torch.inference_mode()
     def step(self) -> None:
         """One scheduler step: schedule, forward, sample, finish."""
         for seq in self.scheduler.drop_cancelled():

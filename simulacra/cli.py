@@ -82,5 +82,27 @@ def generate(
     )
 
 
+@app.command()
+def serve(
+    model: str = typer.Option(None, help="GGUF file or HF folder (default: packaged SmolLM2)"),
+    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes the engine"),
+    port: int = typer.Option(8000),
+    name: str = typer.Option(None, help="model id clients send (default: the file or folder name)"),
+    kv_cache_gb: float = typer.Option(1.0, help="memory for the paged KV cache"),
+    max_num_seqs: int = typer.Option(128, help="most requests decoded together"),
+) -> None:
+    """Serve the engine over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    from simulacra.inference.engine import Engine, EngineConfig
+    from simulacra.inference.server import serve as serve_app
+
+    try:
+        engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs))
+    except ModelLoadError as exc:
+        _fail(exc)
+    model_name = name or engine.lm.info.path.stem
+    console.print(f"serving {model_name} at http://{host}:{port}/v1 (context {engine.context_length} tokens)")
+    serve_app(engine, model_name, engine.context_length, host=host, port=port)
+
+
 if __name__ == "__main__":
     app()

@@ -201,3 +201,23 @@ async def test_counters_report_prefix_reuse(lm) -> None:
     assert stats["requests"] == 10 and stats["finished"] == 10
     assert stats["cached_tokens"] == sum(r.cached_tokens for r in results) > 0
     assert 0 < stats["cache_hit_rate"] < 1 and stats["mean_batch_seqs"] > 1
+
+
+async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(lm, monkeypatch) -> None:
+    engine = Engine(lm)
+    real_sample, calls = engine._sample, []
+
+    def broken_once(chunks, logits):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug in a step")
+        return real_sample(chunks, logits)
+
+    monkeypatch.setattr(engine, "_sample", broken_once)
+    try:
+        with pytest.raises(RuntimeError, match="bug in a step"):
+            await engine.generate(chat(QUESTIONS[0]), max_tokens=4)
+        assert (await engine.generate(chat(QUESTIONS[1]), max_tokens=4)).text
+        assert all(b.ref_count == 0 for b in engine.blocks.blocks)
+    finally:
+        await engine.aclose()
