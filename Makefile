@@ -28,3 +28,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+bench-engine: $(STAMP)
+	$(BIN)/python bench/engine.py

@@ -52,6 +52,14 @@ class BlockManager:
         block.ref_count = 1
         return block
 
+    def prompt_hashes(self, seq: Sequence) -> list[int]:
+        """Chain hashes of the prompt's full blocks, in order."""
+        hashes, prev = [], None
+        for i in range(len(seq.prompt_ids) // self.block_size):
+            prev = self.chain_hash(prev, tuple(seq.prompt_ids[i * self.block_size : (i + 1) * self.block_size]))
+            hashes.append(prev)
+        return hashes
+
     def _lookup(self, seq: Sequence) -> list[Block]:
         """Published blocks matching the prompt's leading full blocks (never the block holding the
         last prompt token: its logits must be computed)."""

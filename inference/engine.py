@@ -156,6 +156,10 @@ class Engine:
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if prompt and all(isinstance(t, int) for t in prompt):
+            if not all(0 <= t < self.lm.model.cfg.vocab_size for t in prompt):
+                raise RequestError("token ids must lie in [0, vocab size)", "prompt")
+            return list(prompt)
         if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
             raise RequestError("messages must be a non-empty list of {role, content} objects", "messages")
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(prompt), add_special_tokens=False)
@@ -279,7 +283,7 @@ class Engine:
             seq.first_token_at = time.perf_counter()
         request = self._requests[seq.id]
         reason = None
-        if token in self.tokenizer.eos_ids:
+        if token in self.tokenizer.eos_ids and not seq.params.ignore_eos:
             reason = "stop"
         else:
             seq.output_ids.append(token)

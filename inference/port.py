@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 Messages = list[dict[str, str]]
-Prompt = str | Messages  # raw text, or chat messages rendered with the model's template
+Prompt = str | Messages | list[int]  # raw text, chat messages (rendered with the model's template), or token ids
 Schema = type[BaseModel] | dict[str, Any] | list[str] | None  # pydantic model, JSON schema, or choices
 
 
@@ -40,6 +40,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
 
     def validate(self, context_length: int | None = None) -> None:
         if not 1 <= self.max_tokens <= (context_length or 1 << 20):

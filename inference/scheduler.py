@@ -1,7 +1,10 @@
 """Continuous batching under a token budget.
 
 Each step: running sequences first (decodes take one token, unfinished prefills take a chunk), then
-waiting sequences are admitted while the budget, the sequence limit and the KV blocks allow. When a
+waiting sequences are admitted while the budget, the sequence limit and the KV blocks allow. A
+waiting sequence whose next uncached block is being computed right now by a running prefill waits
+one step, then finds that block in the prefix cache instead of computing it again (a town submits
+many prompts with the same long prefix at once). When a
 running sequence needs a block and none is left, the youngest running sequence is preempted: its
 blocks are freed and it goes back to the front of the queue to be recomputed later (its prefix is
 usually still in the cache, so recomputing is cheap).
@@ -67,6 +70,22 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.preemptions += 1
 
+    def _blocks_in_flight(self) -> set[int]:
+        """Hashes of prompt blocks that running prefills have not finished computing."""
+        pending: set[int] = set()
+        for seq in self.running:
+            if seq.num_computed < len(seq.prompt_ids):
+                pending.update(self.blocks.prompt_hashes(seq)[seq.num_computed // self.blocks.block_size :])
+        return pending
+
+    def _waits_for(self, seq: Sequence, in_flight: set[int]) -> bool:
+        if not in_flight:
+            return False
+        for h in self.blocks.prompt_hashes(seq):
+            if h not in self.blocks.cached:
+                return h in in_flight
+        return False
+
     def schedule(self) -> list[Chunk]:
         budget = self.max_batched_tokens
         chunks: list[Chunk] = []
@@ -82,13 +101,15 @@ class Scheduler:
             if seq in self.running:
                 chunks.append(Chunk(seq, seq.num_computed, n))
                 budget -= n
+        in_flight = self._blocks_in_flight() if self.waiting else set()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not self.blocks.can_admit(seq, reserve=len(self.running)):
+            if not self.blocks.can_admit(seq, reserve=len(self.running)) or self._waits_for(seq, in_flight):
                 break
             self.waiting.popleft()
             self.blocks.admit(seq)
             self.reused_tokens += seq.num_cached
+            in_flight.update(self.blocks.prompt_hashes(seq)[seq.num_computed // self.blocks.block_size :])
             seq.status = Status.RUNNING
             self.running.append(seq)
             n = min(seq.num_pending, budget)

@@ -88,16 +88,14 @@ def test_prefix_blocks_are_shared_and_published_only_when_computed() -> None:
     a, b = make_seq(shared + [50, 51], 2), make_seq(shared + [60], 2)
     sched.add(a)
     sched.add(b)
-    sched.schedule()  # both admitted in one step: nothing was published yet, so no sharing
-    assert a.num_cached == 0 and b.num_cached == 0
-    c = make_seq(shared + [70, 71, 72], 2)
-    for s in (a, b):
-        s.num_computed = len(s)
-        blocks.publish(s)
-    sched.add(c)
+    chunks = sched.schedule()  # b waits: the blocks it needs are being computed by a, not yet published
+    assert [c.seq for c in chunks] == [a] and list(sched.waiting) == [b]
+    assert not blocks.cached
+    a.num_computed = len(a)
+    blocks.publish(a)
     sched.schedule()
-    assert c.num_cached == 12 and c.block_table[:3] == a.block_table[:3]
-    assert blocks.blocks[a.block_table[0]].ref_count == 2  # a and c (b published duplicates are not shared)
+    assert b.num_cached == 12 and b.block_table[:3] == a.block_table[:3]
+    assert blocks.blocks[a.block_table[0]].ref_count == 2
 
 
 def test_a_whole_cached_prompt_still_computes_its_last_token() -> None:
