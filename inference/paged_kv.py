@@ -4,10 +4,10 @@ Cache layout: `k[layer]` is `[num_blocks, block_size, n_kv_heads, head_dim]`; a 
 `block_id * block_size + offset`. Per step, `prepare` turns each sequence's block table into
 indices once; every layer then writes its new K/V with one `index_copy_` and attends:
 
-- sequences with one new token (decode) attend together in one batched call. Their keys are
-  gathered block by block (whole 16-token blocks copy several times faster than single rows) into
-  `[B, max_blocks * block_size]` with a length mask: the *token* batch is not padded, only the key
-  axis of this one call, and decode batches of a town have similar context lengths;
+- sequences with one new token (decode) attend together in one call: on CPU/fp32 a numba kernel
+  reads K/V in place through the block tables (`paged_attention.py`); elsewhere their blocks are
+  gathered into `[B, max_blocks * block_size]` with a length mask for one SDPA call (only the key
+  axis of that call is padded, never the token batch);
 - sequences with several new tokens (prefill chunks) attend one by one with a causal mask offset by
   what is already cached, so a prefix-cache hit or an earlier chunk is simply "past".
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from simulacra.inference import paged_attention
 from simulacra.inference.kvcache import causal_attention
 
 
@@ -27,6 +28,7 @@ class StepLayout:
     slots: Tensor  # [N] cache slot of each new token
     decode_rows: Tensor  # rows (into the flat batch) of single-token sequences
     decode_blocks: Tensor  # [B, max_blocks] their block tables (padded with block 0)
+    decode_lengths: Tensor  # [B] their context lengths (this token included)
     decode_mask: Tensor  # [B, 1, 1, max_blocks * block_size] True where a key exists
     prefill: list[tuple[int, int, Tensor, int]]  # (first row, new tokens, block table, context length)
 
@@ -75,11 +77,12 @@ class PagedKV:
             row += n
         if decode_tables:
             tables = torch.nn.utils.rnn.pad_sequence(decode_tables, batch_first=True)
-            keys = torch.arange(tables.shape[1] * bs)
-            mask = (keys[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
         else:
-            tables, mask = torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 1, 1, 0, dtype=torch.bool)
-        self.layout = StepLayout(torch.cat(slots), torch.tensor(decode_rows, dtype=torch.long), tables, mask, prefill)
+            tables = torch.zeros(0, 0, dtype=torch.long)
+        lens = torch.tensor(lengths, dtype=torch.long)
+        mask = (torch.arange(tables.shape[1] * bs)[None, :] < lens[:, None])[:, None, None, :]
+        rows = torch.tensor(decode_rows, dtype=torch.long)
+        self.layout = StepLayout(torch.cat(slots), rows, tables, lens, mask, prefill)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         lay = self.layout
@@ -88,7 +91,11 @@ class PagedKV:
         kc.view(-1, heads, dim).index_copy_(0, lay.slots, k)
         vc.view(-1, heads, dim).index_copy_(0, lay.slots, v)
         out = torch.empty_like(q)
-        if len(lay.decode_rows):
+        if len(lay.decode_rows) and paged_attention.supported(kc):
+            out[lay.decode_rows] = paged_attention.paged_decode_attention(
+                q[lay.decode_rows], kc, vc, lay.decode_blocks, lay.decode_lengths, scale
+            )
+        elif len(lay.decode_rows):
             b = lay.decode_blocks.shape[0]
             qd = q[lay.decode_rows].unsqueeze(2)  # [B, Hq, 1, D]
             kd = kc[lay.decode_blocks].view(b, -1, heads, dim).transpose(1, 2)  # [B, H, L, D]
