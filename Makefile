@@ -34,3 +34,6 @@ bench-engine: $(STAMP)
 
 bench-world: $(STAMP)
 	$(BIN)/python bench/world.py
+
+bench-moe: $(STAMP)
+	$(BIN)/python bench/moe.py --e2e 1 8

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simulacra.inference import kernels
 from simulacra.inference.config import ModelConfig
+
+# MoE expert compute: True runs `inference/kernels` (numba routing sort, grouped / narrow / quantised
+# CPU kernels, Triton on CUDA, the batch-invariant mode); False runs `MoE.reference_experts`, the plain
+# grouped loop kept as the readable reference.
+MOE_KERNELS = True
 
 
 class KVStore(Protocol):
@@ -139,7 +145,7 @@ class MoE(nn.Module):
     """Sparse MoE FFN: each token runs its top-k experts; tokens are grouped by expert.
 
     Experts are stacked tensors (`gate_up[E, 2I, H]`, `down[E, H, I]`); each expert with tokens
-    runs one matmul over all its tokens. The fast kernels (issue 5) replace `experts()`.
+    runs one matmul over all its tokens (`reference_experts`). `experts()` runs the kernel layer.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -153,6 +159,11 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(h, 1, bias=False) if cfg.shared_expert_gate else None
 
     def experts(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
+        if MOE_KERNELS:
+            return kernels.moe_experts(self, x, weights, ids)
+        return self.reference_experts(x, weights, ids)
+
+    def reference_experts(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
         n, k = ids.shape
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs sorted by expert

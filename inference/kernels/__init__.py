@@ -1,0 +1,163 @@
+"""Routed-expert kernels: what `MoE.experts` runs.
+
+One entry point, `moe_experts(moe, x, weights, ids)`, picks the implementation from the tensors:
+
+* CUDA tensors -> `triton_moe` (grouped GEMM over expert-sorted tokens; imported lazily so CPU-only
+  installs never import Triton);
+* CPU -> `cpu_moe`: wide matmuls for experts with many tokens, the numba narrow kernel for experts
+  with few, the numba combine; quantised experts (`quant.QuantizedTensor`, attached to the module as
+  `moe.quantized`) are read quantised.
+
+`settings` holds the switches (one process-wide object, like torch's own backend flags):
+`small_max` / `small_max_quantised` (the per-expert token count at which the wide matmul takes over,
+measured by `bench/moe.py`) and `batch_invariant` (one fixed kernel configuration, so a token's output
+does not depend on the batch around it: `invariant_kernel` "narrow" = the narrow kernel for every
+expert, the fast choice without AMX; "tiled" = fixed `tile`-row matmuls; on CUDA a fixed BLOCK_M).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from simulacra.inference.kernels.cpu_moe import cpu_experts
+from simulacra.inference.kernels.quant import QTYPES, QuantizedTensor, qlinear
+from simulacra.inference.kernels.routing import ExpertSort, route_topk, sort_by_expert
+
+__all__ = [
+    "QTYPES",
+    "ExpertSort",
+    "KernelSettings",
+    "QuantizedTensor",
+    "attach_gguf_experts",
+    "batch_invariant",
+    "cpu_experts",
+    "invariant_linear",
+    "moe_experts",
+    "qlinear",
+    "quantize_experts",
+    "route_topk",
+    "settings",
+    "sort_by_expert",
+]
+
+
+@dataclass
+class KernelSettings:
+    """Process-wide kernel switches. Defaults are the measured crossovers on the reference machine."""
+
+    small_max: int = 32  # float experts with fewer tokens than this take the narrow (weights-once) kernel
+    small_max_quantised: int = 128  # same for quantised experts (the wide path dequantises the expert first)
+    batch_invariant: bool = False  # one fixed kernel configuration: bit-identical per-token results at any batch size
+    invariant_kernel: str = "narrow"  # CPU invariant mode: "narrow" (every expert) or "tiled" (fixed-shape matmuls)
+    tile: int = 16  # rows per matmul in the "tiled" invariant mode / BLOCK_M of the Triton kernel
+
+
+settings = KernelSettings()
+
+
+@contextmanager
+def batch_invariant(
+    enabled: bool = True, kernel: str | None = None, tile: int | None = None
+) -> Iterator[KernelSettings]:
+    """Run the enclosed code in (or out of) batch-invariant mode, restoring the settings afterwards."""
+    if kernel not in (None, "narrow", "tiled"):
+        raise ValueError(f"invariant kernel must be 'narrow' or 'tiled', got {kernel!r}")
+    saved = (settings.batch_invariant, settings.invariant_kernel, settings.tile)
+    settings.batch_invariant = enabled
+    settings.invariant_kernel = kernel or settings.invariant_kernel
+    settings.tile = tile or settings.tile
+    try:
+        yield settings
+    finally:
+        settings.batch_invariant, settings.invariant_kernel, settings.tile = saved
+
+
+def moe_experts(moe: Any, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
+    """Routed-expert output [N, H] (fp32) of an `MoE` module: `moe.gate_up[E, 2I, H]`, `moe.down[E, H, I]`,
+    or quantised copies in `moe.quantized` (a (gate_up, down) pair of `QuantizedTensor`) when present."""
+    quantized = getattr(moe, "quantized", None)
+    gate_up, down = quantized if quantized is not None else (moe.gate_up, moe.down)
+    if x.is_cuda:
+        from simulacra.inference.kernels.triton_moe import triton_experts
+
+        return triton_experts(
+            x, weights, ids, gate_up, down, block_m=settings.tile if settings.batch_invariant else None
+        )
+    small = settings.small_max_quantised if quantized is not None else settings.small_max
+    if settings.batch_invariant and settings.invariant_kernel == "tiled":
+        return cpu_experts(x, weights, ids, gate_up, down, tile=settings.tile)
+    if settings.batch_invariant:
+        small = None
+    return cpu_experts(x, weights, ids, gate_up, down, small_max=small)
+
+
+def invariant_linear(x: Tensor, weight: Tensor, tile: int | None = None) -> Tensor:
+    """`x @ weight.T` computed in fixed `tile`-row matmuls: row i's result is the same bits whatever else
+    is in `x`. For the router, shared expert and dense layers of a fully batch-invariant forward pass."""
+    tile = tile or settings.tile
+    n = x.shape[0]
+    pad = (-n) % tile
+    xp = torch.cat((x, x.new_zeros(pad, x.shape[1]))) if pad else x
+    out = torch.empty(n + pad, weight.shape[0], dtype=torch.promote_types(x.dtype, weight.dtype))
+    wt = weight.t()
+    for i in range(0, n + pad, tile):
+        torch.mm(xp[i : i + tile], wt, out=out[i : i + tile])
+    return out[:n]
+
+
+def quantize_experts(model: torch.nn.Module, qtype: str, drop_float: bool = True) -> int:
+    """Quantise every MoE layer's experts of `model` to `qtype` in place (`moe.quantized`).
+
+    With `drop_float` the float expert weights are released (replaced by empty tensors), so memory
+    and every later forward pass see only quantised experts. Returns the number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "gate_up") and hasattr(module, "router") and module.gate_up.dim() == 3:
+            module.quantized = (
+                QuantizedTensor.quantize(module.gate_up, qtype),
+                QuantizedTensor.quantize(module.down, qtype),
+            )
+            if drop_float:
+                _drop(module)
+            changed += 1
+    return changed
+
+
+def attach_gguf_experts(model: torch.nn.Module, reader: Any, drop_float: bool = True) -> int:
+    """Attach a GGUF file's Q8_0 / Q4_0 / Q4_1 expert tensors to `model` as they are stored (no float copy).
+
+    `reader` is the file's `gguf.GGUFReader`. Gate and up (`ffn_gate_exps`, `ffn_up_exps`) are fused
+    by concatenating quantised rows. Layers whose experts use another type keep their float weights.
+    Returns the number of layers attached.
+    """
+    tensors = {t.name: t for t in reader.tensors}
+    layers = [m for m in model.modules() if hasattr(m, "gate_up") and hasattr(m, "router")]
+    moe_layers = [i for i, is_moe in enumerate(model.cfg.moe_layers) if is_moe]
+    attached = 0
+    for i, module in zip(moe_layers, layers, strict=True):
+        parts = [tensors.get(f"blk.{i}.ffn_{p}_exps.weight") for p in ("gate", "up", "down")]
+        if any(t is None or t.tensor_type.name not in QTYPES for t in parts):
+            continue
+        if len({t.tensor_type.name for t in parts}) != 1:
+            continue
+        q = [
+            QuantizedTensor.from_gguf(t.data, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)))
+            for t in parts
+        ]
+        module.quantized = (q[0].cat_rows(q[1]), q[2])
+        if drop_float:
+            _drop(module)
+        attached += 1
+    return attached
+
+
+def _drop(module: torch.nn.Module) -> None:
+    module.gate_up = torch.nn.Parameter(torch.empty(0, dtype=module.gate_up.dtype), requires_grad=False)
+    module.down = torch.nn.Parameter(torch.empty(0, dtype=module.down.dtype), requires_grad=False)
