@@ -26,6 +26,18 @@ from numba import njit
 UNREACHABLE = -1
 
 
+@njit(cache=True, inline="always")
+def _neighbour(t: int, k: int, width: int, n: int) -> int:
+    """Tile t's k-th neighbour (0 up, 1 down, 2 left, 3 right), or -1 off the grid: one order everywhere."""
+    if k == 0:
+        return t - width if t >= width else -1
+    if k == 1:
+        return t + width if t + width < n else -1
+    if k == 2:
+        return t - 1 if t % width > 0 else -1
+    return t + 1 if t % width < width - 1 else -1
+
+
 @njit(cache=True)
 def bfs_field(walkable: np.ndarray, width: int, sources: np.ndarray) -> np.ndarray:
     """Distance (in steps) from every tile to the nearest walkable source tile; -1 where unreachable."""
@@ -43,28 +55,9 @@ def bfs_field(walkable: np.ndarray, width: int, sources: np.ndarray) -> np.ndarr
         t = queue[head]
         head += 1
         d = dist[t] + 1
-        x = t % width
-        if t >= width:
-            u = t - width
-            if walkable[u] and dist[u] < 0:
-                dist[u] = d
-                queue[tail] = u
-                tail += 1
-        if t + width < n:
-            u = t + width
-            if walkable[u] and dist[u] < 0:
-                dist[u] = d
-                queue[tail] = u
-                tail += 1
-        if x > 0:
-            u = t - 1
-            if walkable[u] and dist[u] < 0:
-                dist[u] = d
-                queue[tail] = u
-                tail += 1
-        if x < width - 1:
-            u = t + 1
-            if walkable[u] and dist[u] < 0:
+        for k in range(4):
+            u = _neighbour(t, k, width, n)
+            if u >= 0 and walkable[u] and dist[u] < 0:
                 dist[u] = d
                 queue[tail] = u
                 tail += 1
@@ -83,15 +76,11 @@ def descend(field: np.ndarray, width: int, src: int) -> np.ndarray:
     path[0] = t
     for i in range(1, d + 1):
         want = field[t] - 1
-        x = t % width
-        if t >= width and field[t - width] == want:
-            t = t - width
-        elif t + width < n and field[t + width] == want:
-            t = t + width
-        elif x > 0 and field[t - 1] == want:
-            t = t - 1
-        else:
-            t = t + 1
+        for k in range(4):
+            u = _neighbour(t, k, width, n)
+            if u >= 0 and field[u] == want:
+                t = u
+                break
         path[i] = t
     return path
 
@@ -190,23 +179,8 @@ def astar(
             found = t
             break
         for k in range(4):
-            if k == 0:
-                if t < width:
-                    continue
-                u = t - width
-            elif k == 1:
-                if t + width >= n:
-                    continue
-                u = t + width
-            elif k == 2:
-                if tx == 0:
-                    continue
-                u = t - 1
-            else:
-                if tx == width - 1:
-                    continue
-                u = t + 1
-            if not walkable[u]:
+            u = _neighbour(t, k, width, n)
+            if u < 0 or not walkable[u]:
                 continue
             gu = gt + 1
             if stamp[u] == mark and g[u] <= gu:
@@ -271,25 +245,9 @@ def nearest_free(
         if reserved[t] < 0:
             found = t
             break
-        x = t % width
         for k in range(4):
-            if k == 0:
-                if t < width:
-                    continue
-                u = t - width
-            elif k == 1:
-                if t + width >= n:
-                    continue
-                u = t + width
-            elif k == 2:
-                if x == 0:
-                    continue
-                u = t - 1
-            else:
-                if x == width - 1:
-                    continue
-                u = t + 1
-            if walkable[u] and labels[u] == label and stamp[u] != mark:
+            u = _neighbour(t, k, width, n)
+            if u >= 0 and walkable[u] and labels[u] == label and stamp[u] != mark:
                 stamp[u] = mark
                 parent[u] = t
                 queue[tail] = u
