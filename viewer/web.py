@@ -101,7 +101,10 @@ class Gate:
         """The websockets hook: a file, a refusal, or None to go on with the handshake."""
         url = urlsplit(request.path)
         if url.path == WS_PATH:
-            if not self.allowed_origin(request.headers.get("Origin"), request.headers.get("Host")):
+            origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
+            if len(origins) > 1 or len(hosts) > 1:
+                return _text(HTTPStatus.BAD_REQUEST, "one Origin and one Host header at most")
+            if not self.allowed_origin(origins[0] if origins else None, hosts[0] if hosts else None):
                 return _text(HTTPStatus.FORBIDDEN, "origin not allowed: open the viewer page served by this server")
             return self.check_token(url.query)
         path = self._files.get(url.path)
