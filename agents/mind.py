@@ -1,0 +1,519 @@
+"""The resident's mind: perceive → remember → plan → react → talk → act, once per step.
+
+``Citizen`` is a ``world.Resident`` whose ``think`` runs the generative-agent loop. All residents'
+``think`` coroutines run concurrently (``Town.astep``), so every ``await`` on the LLM joins the
+town-wide batch. A resident's own state changes only in its own coroutine (and, for a conversation,
+in the initiator's), in program order, so the same answers always give the same run.
+
+Per step, what costs a call: importance of new memories (once per distinct text), the day's plan and
+schedule (once a day), the current hour's actions (once an hour, or after a reaction), a reaction to
+someone or something new, one exchange per conversation, a reflection when enough has happened.
+Asleep, a resident costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from simulacra.world import Action, GoTo, Resident, SetActivity, SetObjectState, Town
+from simulacra.world.perception import Perception
+
+from . import prompts
+from .conversation import Conversation
+from .memory import MemoryStream, Retrieved
+from .planning import Slot, hhmm, schedule_slots, sequence_slots, slot_at
+from .schemas import Answer, Questions, Reaction, TownSchemas, Utterance
+from .society import Society
+
+
+def _in_use_state(states: Sequence[str], default: str) -> str | None:
+    """The state an object is in while someone uses it (the last one that is not its resting state)."""
+    others = [s for s in states if s != default]
+    return others[-1] if others else None
+
+
+class Citizen(Resident):
+    """A resident with a generative-agent mind. ``attach_minds`` connects it to its society."""
+
+    society: Society
+
+    def setup_mind(self, society: Society, town_text: str, town_places: list[str], schemas: TownSchemas) -> None:
+        spec, town = self.spec, self.town
+        self.society = society
+        routine = spec.routine
+        work = f"from {hhmm(routine.work[0])} to {hhmm(routine.work[1])}" if routine.work and spec.workplace else None
+        self.persona = prompts.Persona(
+            name=spec.name,
+            age=int(spec.profile.get("age", 30)),
+            occupation=spec.profile.get("occupation", ""),
+            traits=tuple(spec.profile.get("traits", ())),
+            lifestyle=spec.profile.get("lifestyle", ""),
+            home=spec.home,
+            workplace=spec.workplace,
+            work_hours=work,
+            relations=tuple((b, d.get("note", "")) for b, d in town.social.graph[spec.name].items()),
+        )
+        self.system_text = prompts.system(town_text, town_places, self.persona)
+        self.schemas = schemas
+        self.home_place = spec.home or town.map.places[0].name
+        self.plan_date: str | None = None
+        self.day_plan: list[str] = []
+        self.schedule: list[Slot] = []
+        self.actions: list[Slot] = []
+        self.last_seen: dict[str, int] = {}
+        self.noticed: list[tuple[str, str]] = []  # (what, who) new this step
+        self.using: str | None = None  # object in use
+        self.current: Slot | None = None
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def stream(self) -> MemoryStream:
+        return self.society.memories[self.name]
+
+    def minute(self) -> int:
+        return self.town.clock.minute_of_day(self.town.steps)
+
+    def awake(self, minute: int) -> bool:
+        wake, sleep = self.spec.routine.wake, self.spec.routine.sleep
+        return wake <= minute < sleep if wake < sleep else (minute >= wake or minute < sleep)
+
+    def waking_date(self) -> str:
+        """The date of the current waking day (after midnight still counts as the day before)."""
+        return (self.town.now - timedelta(minutes=self.spec.routine.wake)).date().isoformat()
+
+    def remember(self, kind: str, text: str, **kw: Any) -> None:
+        self.stream.add(kind, text, self.town.steps, self.town.now, **kw)
+
+    def recall(self, query: str, k: int | None = None, *, touch: bool = True) -> list[Retrieved]:
+        soc = self.society
+        q = soc.embed([query])[0]
+        return self.stream.retrieve(q, self.town.now, k or soc.config.top_k, soc.config.retrieval, touch=touch)
+
+    def recall_texts(self, query: str, k: int | None = None) -> list[str]:
+        return [r.memory.text for r in self.recall(query, k)]
+
+    def log(self, kind: str, **data: Any) -> None:
+        self.society.event(self.index, kind, self.name, **data)
+
+    def _time(self) -> str:
+        return hhmm(self.minute())
+
+    def _date(self) -> str:
+        return self.town.now.strftime("%A %d %B")
+
+    # ---- the step --------------------------------------------------------------------------------
+
+    async def think(self, perception: Perception) -> list[Action]:
+        soc = self.society
+        begin_step(self.town, soc)
+        minute = self.minute()
+        awake = self.awake(minute)
+        if awake:
+            self.observe(perception)
+        await soc.embed_new()
+        await self.score_new()
+        conv = soc.conversations.of(self.name)
+        if conv is not None:
+            if conv.a == self.name:
+                await self.exchange(conv)
+            if not conv.ended:
+                return self.talking(conv)
+        if not awake:
+            return self.sleep()
+        if self.plan_date != self.waking_date():
+            await self.plan_day(minute)
+        if self.stream.importance_since_reflection >= soc.config.reflection_threshold:
+            await self.reflect()
+        if slot_at(self.actions, minute) is None:
+            await self.plan_hour(minute)
+        await self.react(minute)
+        return self.act(minute)
+
+    def observe(self, perception: Perception) -> None:
+        """Remember who and what is new in sight; keep the new ones for a possible reaction."""
+        step, cooldown = self.town.steps, self.society.config.notice_cooldown_steps
+        self.noticed = []
+        for seen in perception.seen:
+            if seen.kind == "resident":
+                new = self.last_seen.get(seen.name, -(10**9)) < step - cooldown
+                self.last_seen[seen.name] = step
+                if new:
+                    what = f"{seen.name} is {seen.state}" if seen.state else f"{seen.name} is here"
+                    self.remember("observation", what)
+                    if seen.state != "sleeping":
+                        self.noticed.append((what, seen.name))
+            elif seen.changed:
+                where, _, short = seen.name.rpartition(":")
+                what = f"the {short} at {where.split(':')[0]} is {seen.state}"
+                self.remember("observation", what)
+                self.noticed.append((what, ""))
+
+    async def score_new(self) -> None:
+        todo = [m for m in self.stream.memories if m.importance is None]
+        if todo:
+            scores = await asyncio.gather(*(self.society.importance(m.text) for m in todo))
+            for m, s in zip(todo, scores, strict=True):
+                self.stream.set_importance(m, s)
+
+    # ---- planning --------------------------------------------------------------------------------
+
+    async def plan_day(self, minute: int) -> None:
+        soc, sch = self.society, self.schemas
+        date = self._date()
+        memories = self.recall_texts(f"{self.name}'s plans for {date}")
+        wake = hhmm(self.spec.routine.wake)
+        msgs = prompts.day_plan(self.system_text, date, memories, self._example_plan(), wake)
+        day = await soc.ask("day_plan", self.name, msgs, sch.DayPlan)
+        plan = list(day.plan) if day is not None else self._example_plan()
+        wake = day.wake_up if day is not None else wake
+        start, sleep = hhmm(max(minute, _m(wake))), hhmm(self.spec.routine.sleep)
+        msgs = prompts.schedule(self.system_text, date, plan, start, sleep, self._example_blocks(start))
+        out = await soc.ask("schedule", self.name, msgs, sch.Schedule)
+        blocks = [(b.start, b.activity, b.place) for b in out.blocks] if out is not None else []
+        if _m(wake) > minute:
+            blocks.append((hhmm(minute), "getting up", self.home_place))
+        self.schedule = schedule_slots(blocks, minute, self.spec.routine.sleep, self.home_place)
+        self.day_plan = plan
+        self.plan_date = self.waking_date()
+        self.actions = []
+        self.remember("plan", f"My plan for {date}: " + "; ".join(plan) + ".")
+        self.log("day_plan", wake_up=wake, plan=plan, schedule=[_slot_json(s) for s in self.schedule])
+
+    def _example_plan(self) -> list[str]:
+        """A plan in the resident's own routine, shown as the example (a small model copies examples)."""
+        r, spec = self.spec.routine, self.spec
+        plan = [f"have breakfast at {self.home_place}"]
+        if spec.workplace and r.work:
+            plan.append(f"work at {spec.workplace} until {hhmm(r.work[1])}")
+        plan += [f"visit {r.leisure[0]}" if r.leisure else "take a walk", f"have dinner at {self.home_place}"]
+        return [p[:48] for p in plan]
+
+    def _example_blocks(self, start: str) -> list[dict]:
+        """The routine as schedule blocks (breakfast, work or an outing, lunch, evening, dinner)."""
+        r, spec, home = self.spec.routine, self.spec, self.home_place
+        out = self.town.map.places[0].name
+        blocks = [(self.spec.routine.wake, "breakfast", home)]
+        if spec.workplace and r.work:
+            blocks += [(r.work[0], "work", spec.workplace), (12 * 60, "lunch", spec.workplace)]
+            blocks += [
+                (r.work[1], f"visit {r.leisure[0]}" if r.leisure else "take a walk", r.leisure[0] if r.leisure else out)
+            ]
+        else:
+            blocks += [
+                (10 * 60, f"visit {r.leisure[0]}" if r.leisure else "take a walk", r.leisure[0] if r.leisure else out)
+            ]
+            blocks += [(12 * 60, "lunch", home), (15 * 60, "take a walk", out)]
+        blocks.append((19 * 60, "dinner", home))
+        first = _m(start)
+        return [
+            {"start": hhmm(max(t, first) // 60 * 60), "activity": a, "place": p} for t, a, p in blocks if t < r.sleep
+        ]
+
+    async def plan_hour(self, minute: int, note: str = "") -> None:
+        """Break the time from now to the next hour (or the end of the schedule block) into actions."""
+        slot = slot_at(self.schedule, minute) or Slot(minute, minute + 60, "at home", self.home_place)
+        start = minute if minute >= slot.start else minute + 24 * 60
+        until = min((start // 60 + 1) * 60, slot.end)
+        memories = self.recall_texts(f"{slot.activity} at {slot.place}", 3)
+        emoji = "💼" if slot.place == self.spec.workplace else "🏠" if slot.place == self.home_place else "🙂"
+        msgs = prompts.hour_plan(
+            self.system_text, hhmm(start), hhmm(until), slot.activity, slot.place, emoji, memories, note
+        )
+        out = await self.society.ask("hour_plan", self.name, msgs, self.schemas.HourPlan)
+        steps = [(a.minutes, a.action, a.place, a.emoji) for a in out.actions] if out is not None else []
+        self.actions = sequence_slots(steps, start, until, (slot.activity, slot.place, ""))
+        self.log("hour_plan", start=hhmm(start), until=hhmm(until), actions=[_slot_json(s) for s in self.actions])
+
+    # ---- reacting --------------------------------------------------------------------------------
+
+    async def react(self, minute: int) -> None:
+        """Decide about the first new thing noticed: continue, change the plan, or start a conversation."""
+        if not self.noticed:
+            return
+        what, who = self.noticed[0]
+        soc = self.society
+        busy = who and (soc.conversations.of(who) is not None or not self.town.resident(who).active)
+        doing = self.current.activity if self.current else self.activity
+        memories = self.recall_texts(what, 3)
+        other = "" if busy else who
+        last = self.town.social.relation(self.name, who) if other else None
+        step = last["last_interaction"] if last else None
+        today = step is not None and self.town.clock.day(step) == self.town.clock.day(self.town.steps)
+        last_talk = hhmm(self.town.clock.minute_of_day(step)) if today else ""
+        msgs = prompts.reaction(self.system_text, hhmm(minute), doing, self.place, what, memories, other, last_talk)
+        out = await soc.ask("reaction", self.name, msgs, Reaction)
+        if out is None:
+            return
+        decision = out.decision if not (out.decision == "talk" and (busy or not who)) else "continue"
+        self.log("reaction", noticed=what, decision=decision, reason=out.reason)
+        if decision == "talk":
+            soc.conversations.request(self.index, self.name, who, self.place)
+        elif decision == "react":
+            await self.plan_hour(minute, note=f"You just noticed: {what}. ({out.reason})")
+
+    # ---- conversations ---------------------------------------------------------------------------
+
+    async def exchange(self, conv: Conversation) -> None:
+        """One round of a conversation this resident started: each side speaks once, the other replying."""
+        soc, town = self.society, self.town
+        for speaker in (conv.a, conv.b):
+            mind: Citizen = town.resident(speaker)  # type: ignore[assignment]
+            other = conv.other(speaker)
+            said = await mind.utter(conv)
+            if said is None:
+                soc.conversations.end(conv, town.steps, "no answer")
+                break
+            soc.conversations.say(conv, speaker, said.says, town.steps)
+            self.log("utterance", conversation=conv.id, speaker=speaker, to=other, text=said.says)
+            for p in soc.facts.hear(speaker, [other], said.says, town.steps, town.now):
+                self.log("fact_learned", fact=p.fact, learner=p.learner, source=p.source, words=p.words)
+            if said.end:
+                soc.conversations.end(conv, town.steps, f"{speaker} said goodbye")
+                break
+            if len(conv.turns) >= soc.conversations.max_turns:
+                soc.conversations.end(conv, town.steps, "turn limit")
+                break
+        if conv.ended:
+            self.finish(conv)
+
+    async def utter(self, conv: Conversation) -> Utterance | None:
+        other = conv.other(self.name)
+        last = conv.turns[-1][1] if conv.turns else ""
+        memories = self.recall_texts(f"{other} {last}".strip())
+        rel = self.town.social.relation(self.name, other)
+        msgs = prompts.utterance(
+            self.system_text,
+            self._time(),
+            conv.place,
+            other,
+            rel["note"] if rel else "",
+            memories,
+            [(s, t) for s, t, _ in conv.turns],
+        )
+        return await self.society.ask("utterance", self.name, msgs, Utterance)
+
+    def finish(self, conv: Conversation) -> None:
+        """Both remember the conversation; the social graph records it."""
+        town = self.town
+        for name in (conv.a, conv.b):
+            other = conv.other(name)
+            said = " ".join(f"{s.split()[0]}: {t}" for s, t, _ in conv.turns)
+            mind: Citizen = town.resident(name)  # type: ignore[assignment]
+            mind.remember("conversation", f"I talked with {other} at {conv.place.split(':')[0]}. {said}"[:700])
+        town.social.record_interaction(conv.a, conv.b, town.steps)
+        self.log("conversation_end", conversation=conv.id, other=conv.b, turns=len(conv.turns), reason=conv.end_reason)
+
+    def talking(self, conv: Conversation) -> list[Action]:
+        out: list[Action] = [GoTo(self.place)] if self.is_moving else []
+        return [*out, SetActivity(f"talking with {conv.other(self.name)}", "💬")]
+
+    # ---- reflecting ------------------------------------------------------------------------------
+
+    async def reflect(self) -> None:
+        """Ask what the recent memories raise, retrieve for each question, write insights with evidence."""
+        soc = self.society
+        recent = self.stream.recent(20, ("seed", "observation", "conversation", "reflection"))
+        qs = await soc.ask(
+            "questions", self.name, prompts.questions(self.system_text, [m.text for m in recent]), Questions
+        )
+        self.stream.importance_since_reflection = 0
+        if qs is None:
+            return
+        found = [self.recall(q, 6) for q in qs.questions]
+        answers = await asyncio.gather(
+            *(
+                soc.ask(
+                    "insights",
+                    self.name,
+                    prompts.insights(self.system_text, q, [r.memory.text for r in got]),
+                    self.schemas.insights(len(got)),
+                )
+                for q, got in zip(qs.questions, found, strict=True)
+                if got
+            )
+        )
+        written = []
+        for got, ans in zip([g for g in found if g], answers, strict=True):
+            for ins in ans.insights if ans is not None else []:
+                evidence = tuple(sorted({got[i - 1].memory.seq for i in ins.because if 1 <= i <= len(got)}))
+                self.remember("reflection", ins.insight, evidence=evidence)
+                written.append({"insight": ins.insight, "evidence": list(evidence)})
+        self.log("reflection", questions=list(qs.questions), insights=written)
+
+    # ---- acting ----------------------------------------------------------------------------------
+
+    def act(self, minute: int) -> list[Action]:
+        """The world actions of the current action: walk there, or do it there (using an object)."""
+        slot = slot_at(self.actions, minute)
+        if slot is None:
+            return []
+        out: list[Action] = []
+        if slot != self.current:
+            self.current = slot
+            self.log("action", action=slot.activity, place=slot.place, emoji=slot.emoji)
+            out += self._use_object(slot)
+        if self.destination != slot.place:
+            out.append(GoTo(slot.place))
+        elif not self.is_moving and self.activity != slot.activity:
+            out.append(SetActivity(slot.activity, slot.emoji))
+        return out
+
+    def _use_object(self, slot: Slot) -> list[Action]:
+        """Objects follow actions: the stove is on while cooking at it, the bed in use while sleeping."""
+        out: list[Action] = []
+        m = self.town.map
+        text = slot.activity.lower()
+        chosen = None
+        area = slot.place.split(":")[0]
+        for o in m.objects:
+            if o.short.lower() in text and m.places[o.area].name == area:
+                chosen = o
+                break
+        if self.using and (chosen is None or chosen.name != self.using):
+            default = m.objects[m.lookup(self.using)[1]].state
+            out.append(SetObjectState(self.using, default))
+            self.using = None
+        if chosen is not None and chosen.name != self.using:
+            state = _in_use_state(chosen.states or (), chosen.state)
+            if state is not None:
+                out.append(SetObjectState(chosen.name, state))
+                self.using = chosen.name
+        return out
+
+    def sleep(self) -> list[Action]:
+        self.current = None
+        if self.destination != self.home_place:
+            return [GoTo(self.home_place)]
+        return [] if self.is_moving or self.activity == "sleeping" else [SetActivity("sleeping", "😴")]
+
+    # ---- interviews and inspection ---------------------------------------------------------------
+
+    async def interview(self, question: str) -> str:
+        """Answer in character from retrieved memories (does not change what the resident remembers)."""
+        got = self.recall(question, 6, touch=False)
+        msgs = prompts.interview(self.system_text, self._time(), question, [r.memory.text for r in got])
+        out = await self.society.ask("interview", self.name, msgs, Answer, seed_key=question)
+        return out.answer if out is not None else "(no answer)"
+
+    def details(self) -> dict:
+        """Persona, plan, recent memories with their retrieval scores, relationships (for the viewer)."""
+        query = self.current.activity if self.current else self.activity or self.name
+        got = self.recall(query, 8, touch=False) if self.stream.memories else []
+        return {
+            "name": self.name,
+            "persona": {
+                "age": self.persona.age,
+                "occupation": self.persona.occupation,
+                "traits": list(self.persona.traits),
+                "lifestyle": self.persona.lifestyle,
+            },
+            "activity": self.activity,
+            "emoji": self.emoji,
+            "place": self.place,
+            "plan": [f"{hhmm(s.start)}–{hhmm(s.end)} {s.activity} ({s.place})" for s in self.schedule],
+            "memories": [
+                {
+                    "text": r.memory.text,
+                    "kind": r.memory.kind,
+                    "created": r.memory.created_at.isoformat(),
+                    "importance": r.memory.importance,
+                    "score": round(r.score, 3),
+                }
+                for r in got
+            ],
+            "relationships": [
+                {"name": b, "strength": round(d["strength"], 2), "note": d.get("note", "")}
+                for b, d in self.town.social.acquaintances(self.name)
+            ],
+        }
+
+    # ---- save and restore ------------------------------------------------------------------------
+
+    def mind_state(self) -> dict:
+        return {
+            "plan_date": self.plan_date,
+            "day_plan": self.day_plan,
+            "schedule": [asdict(s) for s in self.schedule],
+            "actions": [asdict(s) for s in self.actions],
+            "last_seen": self.last_seen,
+            "using": self.using,
+            "current": asdict(self.current) if self.current else None,
+        }
+
+    def load_mind_state(self, state: dict) -> None:
+        self.plan_date = state["plan_date"]
+        self.day_plan = list(state["day_plan"])
+        self.schedule = [Slot(**s) for s in state["schedule"]]
+        self.actions = [Slot(**s) for s in state["actions"]]
+        self.last_seen = {k: int(v) for k, v in state["last_seen"].items()}
+        self.using = state["using"]
+        self.current = Slot(**state["current"]) if state["current"] else None
+
+
+def _m(hhmm_text: str) -> int:
+    h, m = hhmm_text.split(":")
+    return int(h) * 60 + int(m)
+
+
+def _slot_json(s: Slot) -> dict:
+    return {"start": hhmm(s.start), "end": hhmm(s.end), "activity": s.activity, "place": s.place, "emoji": s.emoji}
+
+
+def begin_step(town: Town, society: Society) -> None:
+    """Once per step, before any resident thinks: start the conversations asked for last step."""
+    if society.step == town.steps:
+        return
+    society.step, society.now = town.steps, town.now
+    minute = town.clock.minute_of_day(town.steps)
+
+    def available(name: str) -> bool:
+        r = town.resident(name)
+        return bool(r.active) and (not isinstance(r, Citizen) or r.awake(minute))
+
+    for conv in society.conversations.resolve(town.steps, available):
+        a: Citizen = town.resident(conv.a)  # type: ignore[assignment]
+        a.log("conversation_start", conversation=conv.id, other=conv.b, place=conv.place)
+
+
+def resident_places(town: Town, home: str | None) -> list[str]:
+    """The places a resident's plans may name: every place that is not someone else's home."""
+    return [p.name for p in town.map.places if p.kind != "home" or (home and p.name.split(":")[0] == home)]
+
+
+def attach_minds(
+    town: Town,
+    society: Society,
+    *,
+    town_text: str,
+    seed_memories: dict[str, list[str]] | None = None,
+) -> None:
+    """Give every ``Citizen`` of ``town`` its mind: persona, prompts, schemas, first memories, known facts."""
+    schemas: dict[tuple[str, ...], TownSchemas] = {}
+    town_places = [p.name for p in town.map.places]
+    now = town.now
+    society.step, society.now = town.steps, now
+    for r in town.residents:
+        if not isinstance(r, Citizen):
+            continue
+        places = tuple(resident_places(town, r.spec.home))
+        if places not in schemas:
+            schemas[places] = TownSchemas(list(places))
+        r.setup_mind(society, town_text, town_places, schemas[places])
+        for text in r.spec.profile.get("memories", []):
+            r.remember("seed", text)
+        for text in (seed_memories or {}).get(r.name, []):
+            r.remember("seed", text)
+    society.facts.seed(town.steps, now)
+
+
+def interview_all(town: Town, question: str) -> dict[str, asyncio.Future]:
+    """Ask every resident the same question at once (one batch); returns name → pending answer."""
+    return {r.name: asyncio.ensure_future(r.interview(question)) for r in town.residents if isinstance(r, Citizen)}
+
+
+__all__ = ["Citizen", "attach_minds", "begin_step", "interview_all", "resident_places"]

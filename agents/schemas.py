@@ -1,0 +1,95 @@
+"""The output schema of every cognitive call.
+
+The engine constrains decoding to these schemas, so a 135M model cannot produce text the code
+cannot read. Where the answer must be one of the town's things (a place, a resident, an emoji, a
+memory number), the schema lists the valid values, so the model cannot invent a location either.
+Schemas that depend on the town are built once per town by ``TownSchemas``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+EMOJIS = (
+    "😴", "🍳", "☕", "🍽️", "🚶", "💼", "📚", "✍️", "🧹", "🛒", "🌳", "🎨", "🎵", "🗣️", "💬",
+    "🏠", "🧑‍🍳", "🍞", "🌹", "🔧", "📖", "🧒", "🎉", "🏃", "🛁", "📞", "💻", "🧺", "🍺", "🙂",
+)  # fmt: skip
+
+Say = Field(min_length=1, max_length=160)
+Short = Field(min_length=1, max_length=48)
+
+
+class Importance(BaseModel):
+    """How poignant a memory is, 1 (mundane) to 10 (life-changing)."""
+
+    score: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+class Questions(BaseModel):
+    """Reflection, first half: the salient questions the recent memories raise."""
+
+    questions: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(min_length=1, max_length=3)
+
+
+class Reaction(BaseModel):
+    """What to do on noticing someone or something."""
+
+    decision: Literal["continue", "react", "talk"]
+    reason: str = Short
+
+
+class Utterance(BaseModel):
+    """One turn of a conversation."""
+
+    says: str = Say
+    end: bool
+
+
+class Answer(BaseModel):
+    """An interview answer, in character."""
+
+    answer: str = Field(min_length=1, max_length=300)
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+class TownSchemas:
+    """The schemas whose valid values come from one town: its places and waking hours."""
+
+    def __init__(self, places: list[str]) -> None:
+        self.places = list(places)
+        place = Literal[tuple(self.places)]  # type: ignore[valid-type]
+        emoji = Literal[EMOJIS]  # type: ignore[valid-type]
+        wake = Literal[tuple(_hhmm(m) for m in range(5 * 60, 10 * 60 + 1, 30))]  # type: ignore[valid-type]
+        hours = Literal[tuple(_hhmm(h * 60) for h in range(24))]  # type: ignore[valid-type]
+
+        self.DayPlan = create_model(
+            "DayPlan",
+            wake_up=(wake, ...),
+            plan=(list[Annotated[str, Short]], Field(min_length=3, max_length=6)),
+            __doc__="The morning's broad plan for the day.",
+        )
+        self.Block = create_model("Block", start=(hours, ...), activity=(str, Short), place=(place, ...))
+        self.Schedule = create_model(
+            "Schedule", blocks=(list[self.Block], Field(min_length=2, max_length=8)), __doc__="An hourly schedule."
+        )
+        self.Step = create_model(
+            "Step",
+            minutes=(Literal[5, 10, 15], ...),
+            action=(str, Short),
+            emoji=(emoji, ...),
+            place=(place, ...),
+        )
+        self.HourPlan = create_model(
+            "HourPlan", actions=(list[self.Step], Field(min_length=2, max_length=4)), __doc__="An hour, in 5–15 min."
+        )
+
+    def insights(self, n_memories: int) -> type[BaseModel]:
+        """Reflection, second half: insights that cite the numbered memories they rest on."""
+        index = Literal[tuple(range(1, max(n_memories, 1) + 1))]  # type: ignore[valid-type]
+        item = create_model("Insight", insight=(str, Field(min_length=1, max_length=120)), because=(list[index], ...))
+        return create_model("Insights", insights=(list[item], Field(min_length=1, max_length=3)))

@@ -1,0 +1,237 @@
+"""What all residents' minds share: the LLM port, the embedder, memory, facts, conversations, the log.
+
+Every cognitive call goes through ``Society.ask``: it tags the call (purpose, resident, step) for the
+recorder, derives its sampling seed from (run seed, resident, step, purpose, n) so the same run asks
+the same questions with the same seeds, and keeps per-purpose counts of calls, tokens and prefix-cache
+hits. Embeddings of new memories are computed in one batch per step (``embed_new``), and importance
+is scored once per distinct text, however many residents saw the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from simulacra.inference.port import LLM, RequestError
+from simulacra.inference.recording import call_meta
+
+from . import prompts
+from .conversation import Conversations
+from .facts import FactTracker, TrackedFact
+from .memory import MemoryStore
+from .retrieval import RetrievalWeights
+from .schemas import Importance
+
+
+class TextEmbedder(Protocol):
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class MindConfig:
+    """Knobs of the architecture; defaults follow the paper where it gives one."""
+
+    retrieval: RetrievalWeights = field(default_factory=RetrievalWeights)
+    top_k: int = 5
+    reflection_threshold: int = 150  # summed importance since the last reflection
+    max_turns: int = 8  # utterances per conversation
+    notice_cooldown_steps: int = 6  # someone unseen for this long is "new" again
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class KindStats:
+    calls: int = 0
+    invalid: int = 0  # output cut short or not valid for the schema
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+MAX_TOKENS = {
+    "importance": 12,
+    "day_plan": 200,
+    "schedule": 480,
+    "hour_plan": 420,
+    "reaction": 48,
+    "utterance": 80,
+    "questions": 120,
+    "insights": 200,
+    "interview": 120,
+}
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (not Python's salted hash)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class Society:
+    """The shared services of one town's minds."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        embedder: TextEmbedder,
+        *,
+        residents: Sequence[str],
+        town_text: str,
+        facts: Sequence[TrackedFact] = (),
+        config: MindConfig | None = None,
+    ) -> None:
+        self.llm = llm
+        self.embedder = embedder
+        self.config = config or MindConfig()
+        self.town_text = town_text
+        self.memories = MemoryStore(list(residents))
+        self.facts = FactTracker(list(facts))
+        self.conversations = Conversations(self.config.max_turns)
+        self.stats: dict[str, KindStats] = defaultdict(KindStats)
+        self.step = -1
+        self.now: datetime | None = None
+        self._events: list[tuple[int, int, dict]] = []  # (resident index, n, event)
+        self._event_n: dict[int, int] = defaultdict(int)
+        self._call_n: dict[tuple, int] = defaultdict(int)
+        self._importance: dict[str, int] = {}
+        self._importance_pending: dict[str, asyncio.Future] = {}
+        self._embed_flush: asyncio.Future | None = None
+
+    # ---- LLM calls -----------------------------------------------------------------------------
+
+    async def ask(
+        self,
+        kind: str,
+        resident: str | None,
+        messages: prompts.Messages,
+        schema: type[BaseModel],
+        *,
+        temperature: float | None = None,
+        seed_key: str | None = None,
+    ) -> Any:
+        """One structured call; the validated object, or None when the output was cut short or refused."""
+        n_key = (resident, self.step, kind, seed_key)
+        n = self._call_n[n_key]
+        self._call_n[n_key] += 1
+        seed = derive_seed(self.config.seed, resident, self.step, kind, seed_key, n)
+        temp = self.config.temperature if temperature is None else temperature
+        stats = self.stats[kind]
+        stats.calls += 1
+        t0 = time.perf_counter()
+        try:
+            with call_meta(purpose=kind, resident=resident, step=self.step):
+                result = await self.llm.generate(
+                    messages,
+                    schema=schema,
+                    max_tokens=MAX_TOKENS[kind],
+                    temperature=temp,
+                    top_p=self.config.top_p,
+                    seed=seed,
+                )
+        except RequestError:
+            stats.invalid += 1
+            return None
+        finally:
+            stats.wall_s += time.perf_counter() - t0
+        stats.prompt_tokens += result.prompt_tokens
+        stats.cached_tokens += result.cached_tokens
+        stats.completion_tokens += result.completion_tokens
+        if result.parsed is None:
+            stats.invalid += 1
+        return result.parsed
+
+    async def importance(self, text: str) -> int:
+        """1–10, asked once per distinct text (concurrent askers share the one call)."""
+        if text in self._importance:
+            return self._importance[text]
+        pending = self._importance_pending.get(text)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._importance_pending[text] = pending
+            parsed = await self.ask(
+                "importance", None, prompts.importance(text), Importance, temperature=0.0, seed_key=text
+            )
+            value = int(parsed.score) if parsed is not None else 5
+            self._importance[text] = value
+            del self._importance_pending[text]
+            pending.set_result(value)
+            return value
+        return await pending
+
+    # ---- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embedder.embed(list(texts))
+
+    async def embed_new(self) -> None:
+        """Embed every memory that has no embedding yet, for all residents in one batch.
+
+        The first resident to call it schedules the batch for after every other resident's
+        coroutine has had its turn (they all start in the same loop iteration), then all wait on it.
+        """
+        if self._embed_flush is None:
+            loop = asyncio.get_running_loop()
+            self._embed_flush = loop.create_future()
+            loop.call_soon(self._flush_embeddings)
+        await asyncio.shield(self._embed_flush)
+
+    def _flush_embeddings(self) -> None:
+        fut, self._embed_flush = self._embed_flush, None
+        try:
+            todo = [(s, m) for s in self.memories for m in s.memories if m.embedding is None]
+            if todo:
+                vectors = self.embed([m.text for _, m in todo])
+                for (s, m), v in zip(todo, vectors, strict=True):
+                    s.set_embedding(m, v)
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+
+    # ---- the log -------------------------------------------------------------------------------
+
+    def event(self, index: int, kind: str, resident: str, **data: Any) -> None:
+        """Log an event; events come out ordered by (resident, order within the resident), not by timing."""
+        n = self._event_n[index]
+        self._event_n[index] += 1
+        self._events.append((index, n, {"step": self.step, "kind": kind, "resident": resident, **data}))
+
+    def take_events(self) -> list[dict]:
+        """The events logged since the last call, in a deterministic order."""
+        events = [e for _, _, e in sorted(self._events, key=lambda x: (x[0], x[1]))]
+        self._events.clear()
+        self._event_n.clear()
+        return events
+
+    def call_stats(self) -> dict[str, dict[str, float]]:
+        """Per purpose: calls, invalid outputs, tokens, prefix-cache hit rate, wall seconds."""
+        return {
+            kind: {
+                "calls": s.calls,
+                "invalid": s.invalid,
+                "prompt_tokens": s.prompt_tokens,
+                "cached_tokens": s.cached_tokens,
+                "completion_tokens": s.completion_tokens,
+                "hit_rate": s.hit_rate,
+                "wall_s": s.wall_s,
+            }
+            for kind, s in sorted(self.stats.items())
+        }

@@ -1,0 +1,91 @@
+"""A scenario brought to life: the town (world), the residents' minds (agents) and the LLM, stepped together.
+
+``Simulation`` is what the research API and the command line drive. It owns nothing clever: it
+builds a ``Town`` of ``Citizen`` residents from a scenario, gives them a ``Society`` (LLM port,
+embedder, memory, facts, conversations), and steps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from simulacra.agents import Citizen, MindConfig, Society, TrackedFact, attach_minds
+from simulacra.agents.society import TextEmbedder
+from simulacra.inference.port import LLM
+from simulacra.scenario import Scenario
+from simulacra.world import Town
+
+
+def town_text(scenario: Scenario) -> str:
+    """The town as every resident's prompt begins: name and description."""
+    d = scenario.definition
+    return f"This is {d.name}. {d.description}".strip()
+
+
+def tracked_facts(scenario: Scenario) -> list[TrackedFact]:
+    return [TrackedFact(i.id, i.holder, i.fact, tuple(i.keywords)) for i in scenario.definition.information]
+
+
+def mind_config(scenario: Scenario, seed: int, **overrides: Any) -> MindConfig:
+    m = scenario.definition.model
+    return MindConfig(temperature=m.temperature, top_p=m.top_p, seed=seed, **overrides)
+
+
+class Simulation:
+    """One run of a scenario: ``await sim.astep()``, ``sim.town``, ``sim.society``, ``await sim.interview(...)``."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        llm: LLM,
+        embedder: TextEmbedder | None = None,
+        *,
+        seed: int | None = None,
+        config: MindConfig | None = None,
+        **town_overrides: Any,
+    ) -> None:
+        if embedder is None:
+            from simulacra.inference.embedding import load_embedder
+
+            embedder = load_embedder()
+        self.scenario = scenario
+        self.seed = scenario.definition.simulation.seed if seed is None else int(seed)
+        self.llm = llm
+        self.town: Town = scenario.build_town(seed=self.seed, resident_class=Citizen, **town_overrides)
+        names = [r.name for r in self.town.residents]
+        self.society = Society(
+            llm,
+            embedder,
+            residents=names,
+            town_text=town_text(scenario),
+            facts=tracked_facts(scenario),
+            config=config or mind_config(scenario, self.seed),
+        )
+        seeds: dict[str, list[str]] = {}
+        for info in scenario.definition.information:
+            seeds.setdefault(info.holder, []).append(info.memory or info.fact)
+        attach_minds(self.town, self.society, town_text=town_text(scenario), seed_memories=seeds)
+
+    @property
+    def residents(self) -> list[Citizen]:
+        return list(self.town.residents)  # type: ignore[arg-type]
+
+    def resident(self, name: str) -> Citizen:
+        return self.town.resident(name)  # type: ignore[return-value]
+
+    async def astep(self) -> None:
+        await self.town.astep()
+
+    async def arun(self, steps: int) -> None:
+        for _ in range(steps):
+            if not self.town.running:
+                break
+            await self.astep()
+
+    async def interview(self, name: str, question: str) -> str:
+        return await self.resident(name).interview(question)
+
+    def run(self, steps: int) -> None:
+        """Synchronous convenience for scripts and notebooks without a running event loop."""
+        asyncio.run(self.arun(steps))
