@@ -112,7 +112,8 @@ class TownSource:
             self._objects[o["id"]] = o
             self._obj_changed[o["id"]] = step
         extras = dict(self._extras(town)) if self._extras else {}
-        spoke = self._merge_speech(extras.pop("speech", {}) or {}, step)
+        fresh = {r["id"] for r in d["residents"]}
+        spoke = self._merge_speech(extras.pop("speech", {}) or {}, step, fresh)
         self._last_changes = (step, {r["id"] for r in d["residents"]} | spoke, [o["id"] for o in d["objects"]])
         social = self._social_json()
         if social != self._social:
@@ -134,14 +135,17 @@ class TownSource:
         self._history[step] = frame
         self.step = step
 
-    def _merge_speech(self, speech: dict[str, dict], step: int) -> set[int]:
-        """Fold per-resident speech into the resident dicts (new dicts, so history stays intact)."""
+    def _merge_speech(self, speech: dict[str, dict], step: int, fresh: set[int]) -> set[int]:
+        """Fold per-resident speech into the resident dicts (new dicts, so history stays intact).
+
+        ``fresh``: ids whose dicts just came from the world (without speech), so they need it again.
+        """
         changed = set()
         for name in set(speech) | set(self._speech):
             new, old = speech.get(name), self._speech.get(name)
-            if new == old:
-                continue
             i = self.town.resident(name).unique_id
+            if new == old and not (new and i in fresh):
+                continue
             base = {k: v for k, v in self._residents[i].items() if k not in ("speech", "talking_to")}
             self._residents[i] = {**base, **(new or {})}
             self._changed[i] = step

@@ -90,6 +90,23 @@ async def test_extras_speech_social_and_stats_reach_frames_and_deltas():
     assert src.snapshot_at(1)["residents"][0]["speech"] == "Morning!"  # history is not rewritten
 
 
+async def test_speech_stays_on_a_resident_who_keeps_moving():
+    town = town25()
+    walker = town.residents[0].name
+    src = TownSource(town, extras=lambda _t: {"speech": {walker: {"speech": "Hello!", "talking_to": "x"}}})
+    state = src.snapshot()
+    for _ in range(30):
+        await run_town(src, 1)
+        state = apply_delta(state, src.delta(src.step - 1))
+        me = next(r for r in state["residents"] if r["name"] == walker)
+        assert me["speech"] == "Hello!"
+        plain = [{k: v for k, v in r.items() if k not in ("speech", "talking_to")} for r in state["residents"]]
+        assert world_part({**state, "residents": plain}) == world_part(town.snapshot())
+    frames = (src.snapshot_at(0), src.snapshot())
+    where = [(r["x"], r["y"]) for f in frames for r in f["residents"] if r["name"] == walker]
+    assert where[0] != where[1]  # they did walk somewhere while talking
+
+
 async def test_pause_resume_and_speed_drive_run_town():
     src = TownSource(town3())
     assert src.control("pause") == {"paused": True, "speed": 1.0}
