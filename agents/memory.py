@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+from pydantic import NaiveDatetime
 from sqlmodel import Field, Session, SQLModel, select
 
 from .retrieval import RetrievalWeights, Scores, score, top_k
@@ -32,8 +33,8 @@ class MemoryRecord(SQLModel, table=True):
     kind: str
     text: str
     created_step: int
-    created_at: datetime
-    last_retrieved_at: datetime
+    created_at: NaiveDatetime
+    last_retrieved_at: NaiveDatetime
     importance: int | None = None
     embedding: bytes | None = None  # float32, L2-normalised
     evidence: str = "[]"  # JSON list of seq numbers this memory rests on (reflections)
@@ -47,8 +48,8 @@ class Memory:
     kind: str
     text: str
     created_step: int
-    created_at: datetime
-    last_retrieved_at: datetime
+    created_at: NaiveDatetime
+    last_retrieved_at: NaiveDatetime
     importance: int | None = None
     embedding: np.ndarray | None = None
     evidence: tuple[int, ...] = ()

@@ -284,18 +284,38 @@ class Citizen(Resident):
     async def utter(self, conv: Conversation) -> Utterance | None:
         other = conv.other(self.name)
         last = conv.turns[-1][1] if conv.turns else ""
-        memories = self.recall_texts(f"{other} {last}".strip())
+        got = self.recall(f"{other} {last}".strip())
         rel = self.town.social.relation(self.name, other)
+        example, end = self.example_line(conv, got)
         msgs = prompts.utterance(
             self.system_text,
             self._time(),
             conv.place,
             other,
             rel["note"] if rel else "",
-            memories,
+            [r.memory.text for r in got],
             [(s, t) for s, t, _ in conv.turns],
+            example,
+            end,
         )
         return await self.society.ask("utterance", self.name, msgs, Utterance)
+
+    def example_line(self, conv: Conversation, got: list[Retrieved]) -> tuple[str, bool]:
+        """An example line from the best-ranked memory worth telling (not an observation, not yet said)."""
+        other = conv.other(self.name).split()[0]
+        if len(conv.turns) >= self.society.conversations.max_turns - 2:
+            return f"It was good to see you, {other}. Goodbye!", True
+        said = " ".join(t for _, t, _ in conv.turns)
+        tell = next(
+            (
+                r.memory.text
+                for r in got
+                if r.memory.kind not in ("observation", "plan") and r.memory.text[:40] not in said
+            ),
+            "",
+        )
+        opener = f"Hi {other}! " if not conv.turns else ""
+        return (opener + (tell or "How has your day been?"))[:160], False
 
     def finish(self, conv: Conversation) -> None:
         """Both remember the conversation; the social graph records it."""

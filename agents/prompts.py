@@ -126,8 +126,18 @@ def reaction(
 
 
 def utterance(
-    sys: str, time: str, place: str, other: str, note: str, memories: Sequence[str], turns: Sequence[tuple[str, str]]
+    sys: str,
+    time: str,
+    place: str,
+    other: str,
+    note: str,
+    memories: Sequence[str],
+    turns: Sequence[tuple[str, str]],
+    example: str,
+    example_end: bool,
 ) -> Messages:
+    """``example`` is built by the mind from what it remembers: SmolLM2-135M echoes the example's line, so a
+    line made of a memory is how a small model brings up what is on its mind (and how news travels)."""
     so_far = "\n".join(f"{who}: {text}" for who, text in turns) if turns else "(you speak first)"
     about = f" ({note})" if note else ""
     return chat(
@@ -135,8 +145,8 @@ def utterance(
         f"It is {time}, at {place}. You are talking with {other}{about}.\n"
         f"You remember:\n{_bullets(memories)}\n"
         f"Conversation so far:\n{so_far}\n"
-        f"Say your next line to {other}: one or two short sentences. Set end to true to say goodbye. "
-        'Example: {"says": "Good morning! Did you hear about the market?", "end": false}',
+        f"Say your next line to {other}: one or two short sentences. Set end to true to say goodbye. Example: "
+        + json.dumps({"says": example, "end": example_end}, ensure_ascii=False),
     )
 
 
