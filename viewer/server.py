@@ -166,6 +166,7 @@ class ViewerServer:
             self.port,
             process_request=self.gate.process_request,
             max_size=self.max_size,
+            compression=None,  # per-client deflate costs the event loop CPU for every client, every step
             logger=log,
         )
         self.port = self._server.sockets[0].getsockname()[1]

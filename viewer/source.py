@@ -262,9 +262,10 @@ class TownSource:
         return {"paused": self.paused, "speed": self.speed}
 
     async def wait_turn(self, step_delay: float) -> None:
-        """Wait out a paused run, then the step delay at the current speed (always yields once)."""
+        """Wait out a paused run, then the step delay (if any) at the current speed."""
         await self._resumed.wait()
-        await asyncio.sleep(step_delay / self.speed if step_delay > 0 else 0)
+        if step_delay > 0:
+            await asyncio.sleep(step_delay / self.speed)
 
 
 def _routine_plan(spec: Any) -> list[str]:
@@ -282,17 +283,23 @@ def _routine_plan(spec: Any) -> list[str]:
 async def run_town(source: TownSource, steps: int, *, server: Any = None, step_delay: float = 0.0) -> int:
     """Step ``source.town`` up to ``steps`` times, recording and publishing each step; returns steps run.
 
-    Honours pause/resume/speed from viewers (``source.control``). Yields to the event loop every
-    step, so the server keeps serving while a fast run goes on; the run never waits for a viewer.
+    Honours pause/resume/speed from viewers (``source.control``). The run never waits for a viewer:
+    the server sends while residents await their minds; a step that never awaits (a world-only town)
+    is followed by one yield to the event loop, so the server still gets its turn.
     """
+    loop = asyncio.get_running_loop()
     done = 0
     for _ in range(steps):
         if not source.town.running:
             break
         await source.wait_turn(step_delay)
+        turn: list[None] = []
+        loop.call_soon(turn.append, None)  # runs only if the step lets the loop turn
         await source.town.astep()
         source.record()
         if server is not None:
             server.publish(source.step)
+        if not turn:
+            await asyncio.sleep(0)
         done += 1
     return done
