@@ -239,7 +239,8 @@ function drawBubble(g, x, y, text) {
   const s = text.length > 48 ? text.slice(0, 47) + "…" : text;
   g.font = "12px system-ui, sans-serif";
   const w = g.measureText(s).width + 12, h = 20;
-  const bx = Math.max(2, x - w / 2), by = Math.max(2, y - h - 6);
+  const maxX = g.canvas.width / state.dpr - w - 2;
+  const bx = Math.max(2, Math.min(maxX, x - w / 2)), by = Math.max(2, y - h - 6);
   g.fillStyle = "rgba(255,255,255,.95)"; g.strokeStyle = "#555"; g.lineWidth = 1;
   g.beginPath(); g.roundRect(bx, by, w, h, 6); g.fill(); g.stroke();
   g.beginPath(); g.moveTo(x - 4, by + h); g.lineTo(x, by + h + 6); g.lineTo(x + 4, by + h); g.fill();
@@ -433,7 +434,9 @@ function onHover(evt) {
   if (!r) { tip.classList.add("hidden"); return; }
   tip.textContent = `${r.name}: ${r.emoji || ""} ${r.activity || "—"}${r.talking_to ? ` (talking to ${r.talking_to})` : ""}`;
   const wrap = $("town-wrap").getBoundingClientRect();
-  tip.style.left = `${evt.clientX - wrap.left + 14}px`;
+  const flip = evt.clientX - wrap.left > wrap.width - 280;  // keep it inside the town panel
+  tip.style.left = flip ? "auto" : `${evt.clientX - wrap.left + 14}px`;
+  tip.style.right = flip ? `${wrap.right - evt.clientX + 14}px` : "auto";
   tip.style.top = `${evt.clientY - wrap.top + 10}px`;
   tip.classList.remove("hidden");
 }
