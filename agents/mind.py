@@ -26,7 +26,7 @@ from . import prompts
 from .conversation import Conversation
 from .memory import MemoryStream, Retrieved
 from .planning import Slot, hhmm, schedule_slots, sequence_slots, slot_at
-from .schemas import Answer, Questions, Reaction, TownSchemas, Utterance
+from .schemas import Answer, Questions, Reaction, TownSchemas, Utterance, YesNo
 from .society import Society
 
 
@@ -419,6 +419,13 @@ class Citizen(Resident):
         msgs = prompts.interview(self.system_text, self._time(), question, [r.memory.text for r in got])
         out = await self.society.ask("interview", self.name, msgs, Answer, seed_key=question)
         return out.answer if out is not None else "(no answer)"
+
+    async def interview_yes_no(self, question: str) -> bool:
+        """A yes/no interview question (the paper's "Do you know X?"), answered from retrieved memories."""
+        got = self.recall(question, 4, touch=False)
+        msgs = prompts.interview(self.system_text, self._time(), question, [r.memory.text for r in got], yes_no=True)
+        out = await self.society.ask("yes_no", self.name, msgs, YesNo, seed_key=question)
+        return out is not None and out.answer == "yes"
 
     def details(self) -> dict:
         """Persona, plan, recent memories with their retrieval scores, relationships (for the viewer)."""

@@ -168,10 +168,11 @@ def insights(sys: str, question: str, memories: Sequence[str]) -> Messages:
     )
 
 
-def interview(sys: str, time: str, question: str, memories: Sequence[str]) -> Messages:
-    return chat(
-        sys,
-        f"It is {time}. Someone asks you: {question}\nWhat you remember:\n{_bullets(memories)}\n"
-        "Answer in character, in one to three sentences, only from what you remember. "
-        'Example: {"answer": "Yes, Lena told me about it at the café."}',
+def interview(sys: str, time: str, question: str, memories: Sequence[str], *, yes_no: bool = False) -> Messages:
+    how = (
+        'Answer "yes" or "no" from what you remember. Example: {"answer": "yes"}'
+        if yes_no
+        else "Answer in character, in one to three sentences, only from what you remember. "
+        'Example: {"answer": "Yes, Lena told me about it at the café."}'
     )
+    return chat(sys, f"It is {time}. Someone asks you: {question}\nWhat you remember:\n{_bullets(memories)}\n{how}")

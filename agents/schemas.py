@@ -53,6 +53,12 @@ class Answer(BaseModel):
     answer: str = Field(min_length=1, max_length=300)
 
 
+class YesNo(BaseModel):
+    """A yes/no interview answer."""
+
+    answer: Literal["yes", "no"]
+
+
 def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 

@@ -76,6 +76,7 @@ MAX_TOKENS = {
     "questions": 120,
     "insights": 200,
     "interview": 120,
+    "yes_no": 8,
 }
 
 
@@ -220,6 +221,25 @@ class Society:
         self._events.clear()
         self._event_n.clear()
         return events
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the memory rows: facts, conversations, counters, caches."""
+        return {
+            "step": self.step,
+            "facts": self.facts.state_dict(),
+            "conversations": self.conversations.state_dict(),
+            "memories": self.memories.state_dict(),
+            "importance": dict(self._importance),
+            "stats": {k: vars(v) for k, v in self.stats.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.facts.load_state_dict(state["facts"])
+        self.conversations.load_state_dict(state["conversations"])
+        self.memories.load_state_dict(state["memories"])
+        self._importance = {k: int(v) for k, v in state["importance"].items()}
+        self.stats = defaultdict(KindStats, {k: KindStats(**v) for k, v in state["stats"].items()})
 
     def call_stats(self) -> dict[str, dict[str, float]]:
         """Per purpose: calls, invalid outputs, tokens, prefix-cache hit rate, wall seconds."""

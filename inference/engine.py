@@ -48,6 +48,7 @@ class Counters:
     def __init__(self) -> None:
         self.requests = self.finished = self.steps = 0
         self.batch_tokens = self.batch_seqs = 0
+        self.peak_batch_seqs = 0  # largest batch so far; callers may reset it to measure a window
         self.prompt_tokens = self.prefill_tokens = self.decode_tokens = 0
         self.step_seconds = self.mask_seconds = 0.0
         self.started = time.perf_counter()
@@ -61,6 +62,7 @@ class Counters:
             "waiting": waiting,
             "steps": self.steps,
             "mean_batch_seqs": self.batch_seqs / steps,
+            "peak_batch_seqs": self.peak_batch_seqs,
             "mean_batch_tokens": self.batch_tokens / steps,
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": cached_tokens,
@@ -254,6 +256,7 @@ class Engine:
         self._sample([c for c in chunks if c.samples], logits)
         counters.steps += 1
         counters.batch_seqs += len(chunks)
+        counters.peak_batch_seqs = max(counters.peak_batch_seqs, len(chunks))
         counters.batch_tokens += sum(c.num_tokens for c in chunks)
         counters.step_seconds += time.perf_counter() - t0
 

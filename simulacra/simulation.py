@@ -66,6 +66,9 @@ class Simulation:
         for info in scenario.definition.information:
             seeds.setdefault(info.holder, []).append(info.memory or info.fact)
         attach_minds(self.town, self.society, town_text=town_text(scenario), seed_memories=seeds)
+        measured = set(scenario.definition.measurement.attendance)
+        self._events = [e for e in scenario.definition.events if e.id in measured]
+        self.attendance: dict[str, set[str]] = {e.id: set() for e in self._events}
 
     @property
     def residents(self) -> list[Citizen]:
@@ -76,6 +79,15 @@ class Simulation:
 
     async def astep(self) -> None:
         await self.town.astep()
+        self._note_attendance()
+
+    def _note_attendance(self) -> None:
+        """Who is at a measured event's place during its hours (ground truth for coordination)."""
+        now = self.town.now
+        for ev in self._events:
+            if ev.start <= now < ev.end:
+                area = ev.place.split(":")[0]
+                self.attendance[ev.id] |= {r.name for r in self.residents if r.area == area}
 
     async def arun(self, steps: int) -> None:
         for _ in range(steps):
@@ -85,6 +97,48 @@ class Simulation:
 
     async def interview(self, name: str, question: str) -> str:
         return await self.resident(name).interview(question)
+
+    # ---- state and frames ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything but the memory rows (``run.db`` holds those) needed to continue this run exactly."""
+        return {
+            "town": self.town.state_dict(),
+            "minds": {r.name: r.mind_state() for r in self.residents},
+            "society": self.society.state_dict(),
+            "attendance": {k: sorted(v) for k, v in self.attendance.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.town.load_state_dict(state["town"])
+        for r in self.residents:
+            r.load_mind_state(state["minds"][r.name])
+        self.society.load_state_dict(state["society"])
+        self.attendance = {k: set(v) for k, v in state["attendance"].items()}
+
+    def frame(self, stats: dict[str, float] | None = None) -> dict:
+        """The viewer's picture of this step: the world's snapshot (without the map), speech, conversations,
+        the social graph and run statistics."""
+        frame = self.town.snapshot()
+        del frame["map"]
+        step = self.town.steps
+        live = {c.id: c for c in self.society.conversations.history if not c.ended or c.ended_step == step}
+        for r in frame["residents"]:
+            conv = self.society.conversations.of(r["name"]) or next(
+                (c for c in live.values() if r["name"] in (c.a, c.b)), None
+            )
+            if conv is not None:
+                r["talking_to"] = conv.other(r["name"])
+                said = [t for who, t, k in conv.turns if who == r["name"] and k == step]
+                if said:
+                    r["speech"] = said[-1]
+        frame["conversations"] = [c.to_json() for c in live.values()]
+        frame["social"] = {
+            "nodes": list(self.town.social.graph.nodes),
+            "edges": [[a, b, round(d["strength"], 3)] for a, b, d in self.town.social.graph.edges(data=True)],
+        }
+        frame["stats"] = dict(stats or {})
+        return frame
 
     def run(self, steps: int) -> None:
         """Synchronous convenience for scripts and notebooks without a running event loop."""

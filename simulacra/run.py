@@ -1,0 +1,347 @@
+"""A durable run: a ``Simulation`` whose every step is committed to ``run.db`` and can be resumed or replayed.
+
+A run directory holds ``run.db``, ``scenario.yaml`` (the scenario as run) and ``meta.json`` (seed,
+model and its hash, backend, engine settings, versions). ``Run.create`` starts one, ``Run.open``
+continues one from its last committed step, ``replay`` re-executes one from its recorded LLM calls
+(no model needed) and reports whether the events come out identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+import simulacra
+from simulacra.agents import MindConfig, RetrievalWeights
+from simulacra.agents.society import TextEmbedder
+from simulacra.inference.port import LLM
+from simulacra.inference.recording import CallRecord, RecordingLLM, ReplayLLM
+from simulacra.metrics import step_metrics
+from simulacra.scenario import load_scenario
+from simulacra.simulation import Simulation, mind_config
+from simulacra.storage import RunError, RunStore, StepData
+
+
+@dataclass
+class Progress:
+    """What the progress display shows after each step."""
+
+    step: int
+    steps_target: int
+    sim_time: datetime
+    step_s: float
+    steps_per_s: float
+    calls: int
+    tokens_per_s: float
+    batch: float
+    hit_rate: float
+    eta_s: float
+
+
+@dataclass
+class ReplayReport:
+    identical: bool
+    steps: int
+    events: int
+    first_difference: dict[str, Any] | None = None
+    run_dir: Path | None = None
+
+
+@dataclass
+class Backend:
+    """Which LLM a run used, enough to make the same one again on resume."""
+
+    kind: str  # "engine" | "replay" | "custom"
+    model: str = ""  # engine: model path ("" = packaged default)
+    source: str = ""  # replay: the run directory whose calls answer
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        return ""
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_llm(backend: Backend) -> LLM:
+    if backend.kind == "engine":
+        from simulacra.inference.engine import Engine, EngineConfig
+
+        return Engine(backend.model or None, EngineConfig(**backend.settings))
+    if backend.kind == "replay":
+        return ReplayLLM(RunStore(backend.source).calls())
+    raise RunError(f"this run used a {backend.kind!r} backend; pass the same LLM object to resume it")
+
+
+def _unique_dir(root: Path, name: str, seed: int) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / f"{name}-{stamp}-s{seed}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"
+
+
+class Run:
+    """A simulation tied to its run directory."""
+
+    def __init__(self, sim: Simulation, store: RunStore, records: list[CallRecord], llm: LLM, target: int) -> None:
+        self.sim = sim
+        self.store = store
+        self.records = records
+        self.llm = llm  # the backend itself (closed by ``aclose``)
+        self.steps_target = target
+        self.wall_s = 0.0
+        self.first_metrics: dict[str, float] = {}
+
+    @property
+    def dir(self) -> Path:
+        return self.store.dir
+
+    # ---- creating and opening --------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        scenario_path: str | Path,
+        *,
+        out: str | Path = "runs",
+        seed: int | None = None,
+        hours: float | None = None,
+        backend: Backend | None = None,
+        llm: LLM | None = None,
+        embedder: TextEmbedder | None = None,
+        config: MindConfig | None = None,
+        run_dir: str | Path | None = None,
+    ) -> Run:
+        """Start a run: a fresh run directory with step 0 committed. ``llm`` overrides ``backend``."""
+        scenario = load_scenario(scenario_path)
+        d = scenario.definition
+        seed = d.simulation.seed if seed is None else int(seed)
+        backend = backend or Backend("engine", d.model.path or "")
+        if llm is not None and backend.kind == "engine" and backend.model == (d.model.path or ""):
+            backend = Backend("custom")
+        target = scenario.max_steps if hours is None else round(hours * 60 / d.simulation.minutes_per_step)
+        path = Path(run_dir) if run_dir else _unique_dir(Path(out), _slug(d.name), seed)
+        if (path / "run.db").exists():
+            raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
+        llm = llm or make_llm(backend)
+        config = config or mind_config(scenario, seed)
+        store = RunStore(path, create=True)
+        shutil.copyfile(scenario_path, path / "scenario.yaml")
+        model_path = _model_path(llm, backend)
+        settings = {
+            "backend": asdict(backend),
+            "mind": _config_json(config),
+            "hours": hours,
+            "versions": {"simulacra": simulacra.__version__, "python": platform.python_version()},
+            "argv": sys.argv,
+        }
+        store.start(
+            scenario=d.name,
+            seed=seed,
+            model=model_path,
+            model_sha256=file_sha256(model_path) if model_path else "",
+            settings=settings,
+            steps_target=target,
+        )
+        meta = {"scenario": d.name, "seed": seed, "model": model_path, **settings}
+        (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        records: list[CallRecord] = []
+        sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=seed, config=config)
+        run = cls(sim, store, records, llm, target)
+        run._commit(0.0)  # step 0: the starting state, seed memories, the first frame
+        return run
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, llm: LLM | None = None, embedder: TextEmbedder | None = None) -> Run:
+        """Continue a run from its last committed step (resume, interview, view)."""
+        store = RunStore(run_dir)
+        info = store.info()
+        settings = json.loads(info.settings)
+        scenario = load_scenario(Path(run_dir) / "scenario.yaml")
+        backend = Backend(**settings["backend"])
+        llm = llm or make_llm(backend)
+        config = _config_from_json(settings["mind"])
+        records: list[CallRecord] = []
+        sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=info.seed, config=config)
+        last = store.last_step()
+        if last is None:
+            raise RunError(f"{store.path}: no step was ever committed; start the run again")
+        sim.load_state_dict(json.loads(last.state))
+        store.load_memories(sim.society.memories)
+        run = cls(sim, store, records, llm, info.steps_target)
+        first = store.metrics()
+        run.first_metrics = {k: v[0][1] for k, v in first.items() if v}
+        return run
+
+    # ---- stepping --------------------------------------------------------------------------------
+
+    def _commit(self, wall_s: float) -> None:
+        sim = self.sim
+        stats = self.llm.stats() if hasattr(self.llm, "stats") else {}
+        metrics = step_metrics(sim)
+        if sim.town.steps == 0:
+            self.first_metrics = dict(metrics)
+        data = StepData(
+            step=sim.town.steps,
+            sim_time=sim.town.now,
+            wall_s=wall_s,
+            frame=sim.frame(_frame_stats(stats)),
+            state=sim.state_dict(),
+            events=sim.society.take_events(),
+            calls=list(self.records),
+            metrics=metrics,
+        )
+        try:
+            self.store.commit_step(data, sim.society.memories)
+        except OperationalError as exc:
+            raise RunError(
+                f"could not write step {data.step} to {self.store.path}: {exc.orig}. Nothing of that step was kept; "
+                f"free disk space and continue with `simulacra resume {self.dir}`"
+            ) from exc
+        self.records.clear()
+
+    async def step(self) -> float:
+        t0 = time.perf_counter()
+        await self.sim.astep()
+        wall = time.perf_counter() - t0
+        self._commit(wall)
+        self.wall_s += wall
+        return wall
+
+    async def arun(self, steps: int | None = None, on_step: Callable[[Progress], None] | None = None) -> None:
+        """Step until the target (or ``steps`` more); status and message say how it ended."""
+        target = self.steps_target if steps is None else min(self.sim.town.steps + steps, self.steps_target)
+        self.store.set_status("running", "")
+        done0, t_start = self.sim.town.steps, time.perf_counter()
+        try:
+            while self.sim.town.steps < target:
+                wall = await self.step()
+                if on_step is not None:
+                    on_step(self._progress(wall, done0, t_start, target))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.store.set_status(
+                "interrupted", f"stopped after step {self.sim.town.steps}; continue with `simulacra resume {self.dir}`"
+            )
+            raise
+        except RunError as exc:
+            self._try_status("failed", str(exc))
+            raise
+        except Exception as exc:
+            self._try_status("failed", f"{type(exc).__name__}: {exc} (after step {self.sim.town.steps})")
+            raise
+        status = "finished" if self.sim.town.steps >= self.steps_target else "paused"
+        self.store.set_status(status, "")
+
+    def _try_status(self, status: str, message: str) -> None:
+        try:
+            self.store.set_status(status, message)
+        except OperationalError:
+            pass  # the disk is still full; the message is printed by the caller
+
+    def _progress(self, wall: float, done0: int, t_start: float, target: int) -> Progress:
+        stats = self.llm.stats() if hasattr(self.llm, "stats") else {}
+        done = self.sim.town.steps - done0
+        elapsed = time.perf_counter() - t_start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        calls = sum(int(s["calls"]) for s in self.sim.society.call_stats().values())
+        return Progress(
+            step=self.sim.town.steps,
+            steps_target=target,
+            sim_time=self.sim.town.now,
+            step_s=wall,
+            steps_per_s=rate,
+            calls=calls,
+            tokens_per_s=float(stats.get("tokens_per_s", 0.0)),
+            batch=float(stats.get("mean_batch_seqs", 0.0)),
+            hit_rate=float(stats.get("cache_hit_rate", 0.0)),
+            eta_s=(target - self.sim.town.steps) / rate if rate > 0 else float("nan"),
+        )
+
+    async def aclose(self) -> None:
+        await self.llm.aclose()
+        self.store.close()
+
+
+def _frame_stats(stats: dict[str, float]) -> dict[str, float]:
+    return {
+        "tokens_per_s": round(float(stats.get("tokens_per_s", 0.0)), 1),
+        "batch_size": round(float(stats.get("mean_batch_seqs", 0.0)), 2),
+        "cache_hit_rate": round(float(stats.get("cache_hit_rate", 0.0)), 3),
+        "llm_calls": int(stats.get("requests", 0)),
+    }
+
+
+def _model_path(llm: LLM, backend: Backend) -> str:
+    lm = getattr(llm, "lm", None)
+    path = getattr(getattr(lm, "info", None), "path", None)
+    return str(path) if path else backend.model
+
+
+def _config_json(config: MindConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def _config_from_json(d: dict[str, Any]) -> MindConfig:
+    return MindConfig(**{**d, "retrieval": RetrievalWeights(**d["retrieval"])})
+
+
+async def replay(
+    run_dir: str | Path, out: str | Path | None = None, embedder: TextEmbedder | None = None
+) -> ReplayReport:
+    """Re-execute a run from its recorded calls into a new run directory and compare the event logs."""
+    source = RunStore(run_dir)
+    info = source.info()
+    original = source.events()
+    target = info.steps_done
+    dest = Path(out) if out else Path(run_dir) / f"replay-{datetime.now():%Y%m%d-%H%M%S}"
+    settings = json.loads(info.settings)
+    run = Run.create(
+        Path(run_dir) / "scenario.yaml",
+        seed=info.seed,
+        hours=target * load_scenario(Path(run_dir) / "scenario.yaml").definition.simulation.minutes_per_step / 60,
+        backend=Backend("replay", source=str(run_dir)),
+        embedder=embedder,
+        config=_config_from_json(settings["mind"]),
+        run_dir=dest,
+    )
+    try:
+        await run.arun()
+    finally:
+        await run.aclose()
+    again = RunStore(dest).events()
+    first = next(
+        (
+            {"index": i, "original": a, "replay": b}
+            for i, (a, b) in enumerate(zip(original, again, strict=False))
+            if a != b
+        ),
+        None,
+    )
+    if first is None and len(original) != len(again):
+        n = min(len(original), len(again))
+        first = {"index": n, "original": original[n : n + 1], "replay": again[n : n + 1]}
+    return ReplayReport(first is None, target, len(again), first, dest)
