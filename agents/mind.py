@@ -109,20 +109,35 @@ class Citizen(Resident):
     # ---- the step --------------------------------------------------------------------------------
 
     async def think(self, perception: Perception) -> list[Action]:
+        """One step of cognition.
+
+        Shared state (the conversation this resident is in, which memories await a score) is read
+        before the first ``await``, while every resident still sees the step's starting state; after
+        that a resident only reads its own state. New memories are scored for importance alongside
+        the step's decisions (so every resident's first call joins the same batch) and the scores
+        are applied at the end. Together this makes a run independent of which call finished first.
+        """
         soc = self.society
         begin_step(self.town, soc)
         minute = self.minute()
         awake = self.awake(minute)
         if awake:
             self.observe(perception)
-        await soc.embed_new()
-        await self.score_new()
+        todo = [m for m in self.stream.memories if m.importance is None]
         conv = soc.conversations.of(self.name)
+        await soc.embed_new()
+        scoring = asyncio.gather(*(soc.importance(m.text) for m in todo))
+        actions = await self.decide(minute, awake, conv)
+        for m, score in zip(todo, await scoring, strict=True):
+            self.stream.set_importance(m, score)
+        return actions
+
+    async def decide(self, minute: int, awake: bool, conv: Conversation | None) -> list[Action]:
+        soc = self.society
         if conv is not None:
             if conv.a == self.name:
                 await self.exchange(conv)
-            if not conv.ended:
-                return self.talking(conv)
+            return self.talking(conv)
         if not awake:
             return self.sleep()
         if self.plan_date != self.waking_date():
@@ -152,13 +167,6 @@ class Citizen(Resident):
                 what = f"the {short} at {where.split(':')[0]} is {seen.state}"
                 self.remember("observation", what)
                 self.noticed.append((what, ""))
-
-    async def score_new(self) -> None:
-        todo = [m for m in self.stream.memories if m.importance is None]
-        if todo:
-            scores = await asyncio.gather(*(self.society.importance(m.text) for m in todo))
-            for m, s in zip(todo, scores, strict=True):
-                self.stream.set_importance(m, s)
 
     # ---- planning --------------------------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class Citizen(Resident):
             return
         what, who = self.noticed[0]
         soc = self.society
-        busy = who and (soc.conversations.of(who) is not None or not self.town.resident(who).active)
+        busy = who and (who in soc.busy or not self.town.resident(who).active)
         doing = self.current.activity if self.current else self.activity
         memories = self.recall_texts(what, 3)
         other = "" if busy else who
@@ -505,6 +513,7 @@ def begin_step(town: Town, society: Society) -> None:
     for conv in society.conversations.resolve(town.steps, available):
         a: Citizen = town.resident(conv.a)  # type: ignore[assignment]
         a.log("conversation_start", conversation=conv.id, other=conv.b, place=conv.place)
+    society.busy = frozenset(society.conversations.active)  # as of the step's start, for everyone
 
 
 def resident_places(town: Town, home: str | None) -> list[str]:

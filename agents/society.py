@@ -115,6 +115,7 @@ class Society:
         self._importance: dict[str, int] = {}
         self._importance_pending: dict[str, asyncio.Future] = {}
         self._embed_flush: asyncio.Future | None = None
+        self.busy: frozenset[str] = frozenset()  # residents in a conversation at the start of the step
 
     # ---- LLM calls -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulacra.inference.errors import ModelLoadError
+from simulacra.run_cli import register as register_run_commands
 from simulacra.scenario_cli import scenario_app
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(scenario_app, name="scenario")
+register_run_commands(app)
 
 
 def _fail(exc: Exception) -> None:

@@ -38,13 +38,17 @@ class Simulation:
     def __init__(
         self,
         scenario: Scenario,
-        llm: LLM,
+        llm: LLM | None = None,
         embedder: TextEmbedder | None = None,
         *,
         seed: int | None = None,
         config: MindConfig | None = None,
         **town_overrides: Any,
     ) -> None:
+        if llm is None:  # the local engine with the scenario's model (imported here: run.py imports this module)
+            from simulacra.run import Backend, make_llm
+
+            llm = make_llm(Backend("engine", scenario.definition.model.path or ""))
         if embedder is None:
             from simulacra.inference.embedding import load_embedder
 
@@ -140,6 +144,17 @@ class Simulation:
         frame["stats"] = dict(stats or {})
         return frame
 
-    def run(self, steps: int) -> None:
-        """Synchronous convenience for scripts and notebooks without a running event loop."""
+    def run(self, steps: int | None = None, *, hours: float | None = None) -> None:
+        """Synchronous convenience for scripts and notebooks without a running event loop: ``steps`` or ``hours``."""
+        if (steps is None) == (hours is None):
+            raise ValueError("give either steps or hours, e.g. sim.run(hours=1)")
+        if hours is not None:
+            steps = round(hours * 60 / self.town.clock.minutes_per_step)
         asyncio.run(self.arun(steps))
+
+    def metrics(self) -> dict[str, Any]:
+        """The ground-truth measures now (facts known, density, LLM cost) plus who was invited to and attended each
+        measured event."""
+        from simulacra.metrics import coordination, step_metrics  # metrics.py imports this module
+
+        return {**step_metrics(self), "coordination": coordination(self)}

@@ -1,0 +1,272 @@
+"""`simulacra run | resume | replay | interview | export | runs`: running experiments from the shell.
+
+Registered on the main CLI by ``register(app)``. Every command that can fail on user input prints
+``error: <what, where>; <how to fix>`` and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(code=code)
+
+
+def _summary(run, interviews: dict | None = None) -> None:  # noqa: ANN001 - simulacra.run.Run
+    from simulacra.metrics import summary
+
+    first = run.first_metrics or {}
+    if not first:
+        return
+    table = Table(title=f"{run.sim.scenario.definition.name}: step {run.sim.town.steps} ({run.sim.town.now:%a %H:%M})")
+    table.add_column("measure")
+    table.add_column("value")
+    for k, v in summary(run.sim, first, run.wall_s, interviews).items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> None:  # noqa: ANN001
+    from simulacra.metrics import interview_facts, interview_relationships
+
+    server = None
+    if view:
+        from simulacra.viewer_run import start_viewer
+
+        server = await start_viewer(run)
+        console.print(f"viewer: [bold]{server.url}[/bold]")
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+    task = bar.add_task("sim", total=run.steps_target, completed=run.sim.town.steps, info="")
+
+    def on_step(p) -> None:  # noqa: ANN001
+        eta = "?" if math.isnan(p.eta_s) else f"{p.eta_s / 60:.1f} min"
+        info = (
+            f"{p.step_s:.1f}s/step · {p.calls} calls · {p.tokens_per_s:.0f} tok/s · batch {p.batch:.1f} · "
+            f"cache {p.hit_rate:.0%} · ETA {eta}"
+        )
+        bar.update(task, completed=p.step, description=f"{p.sim_time:%a %H:%M}", info=info)
+        if server is not None:
+            server.source.record()
+            server.publish(p.step)
+
+    try:
+        with bar:
+            await run.arun(steps, on_step)
+        results = None
+        if interview:
+            console.print("interviewing every resident …")
+            results = {"facts": await interview_facts(run.sim), "relationships": await interview_relationships(run.sim)}
+            (run.dir / "interviews.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=list))
+        _summary(run, results)
+        console.print(
+            f"run directory: [bold]{run.dir}[/bold]  (inspect: simulacra view {run.dir}; "
+            f"export: simulacra export {run.dir})"
+        )
+        if server is not None:
+            console.print("the viewer stays up; Ctrl-C to quit")
+            await asyncio.Event().wait()
+    finally:
+        if server is not None:
+            await server.close()
+        await run.aclose()
+
+
+def _go(coro) -> None:  # noqa: ANN001
+    from simulacra.storage import RunError
+
+    try:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/yellow]: the last whole step is saved; continue with `simulacra resume RUN`"
+        )
+        raise typer.Exit(code=130) from None
+    except RunError as exc:
+        _fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        scenario: str = typer.Argument(..., help="scenario file, or a packaged scenario's name (town25, town3)"),
+        hours: float = typer.Option(None, min=0.01, help="simulated hours to run (default: the scenario's duration)"),
+        seed: int = typer.Option(None, help="run seed (default: the scenario's)"),
+        model: str = typer.Option(None, help="GGUF file or HF folder (default: the scenario's, else packaged SmolLM2)"),
+        out: Path = typer.Option(Path("runs"), help="folder for run directories"),
+        view: bool = typer.Option(False, "--view", help="serve the live viewer and print its URL"),
+        interview: bool = typer.Option(
+            False, "--interview", help="interview every resident at the end (paper's method)"
+        ),
+    ) -> None:
+        """Run a scenario; every step is committed to RUN/run.db, so the run can be resumed, replayed, viewed."""
+        from simulacra.inference.errors import ModelLoadError
+        from simulacra.run import Backend, Run
+        from simulacra.scenario import ScenarioError, load_scenario, resolve_scenario_path
+
+        try:
+            path = resolve_scenario_path(scenario)
+            d = load_scenario(path).definition
+            backend = Backend("engine", model or d.model.path or "")
+            run_ = Run.create(path, out=out, seed=seed, hours=hours, backend=backend)
+        except (ScenarioError, ModelLoadError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        console.print(f"run directory: {run_.dir}")
+        _go(_drive(run_, view, interview))
+
+    @app.command()
+    def resume(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        hours: float = typer.Option(None, min=0.01, help="run this many more simulated hours (default: to the end)"),
+        view: bool = typer.Option(False, "--view", help="serve the live viewer"),
+        interview: bool = typer.Option(False, "--interview", help="interview every resident at the end"),
+    ) -> None:
+        """Continue a run from its last committed step (after a crash, Ctrl-C, or to run longer)."""
+        from simulacra.run import Run
+        from simulacra.storage import RunError
+
+        try:
+            run_ = Run.open(run_dir)
+        except RunError as exc:
+            _fail(str(exc))
+        steps = None
+        if hours is not None:
+            steps = round(hours * 60 / run_.sim.town.clock.minutes_per_step)
+            run_.steps_target = max(run_.steps_target, run_.sim.town.steps + steps)
+            run_.store.set_status("running", "", steps_target=run_.steps_target)
+        console.print(f"resuming {run_dir} at step {run_.sim.town.steps} of {run_.steps_target}")
+        _go(_drive(run_, view, interview, steps))
+
+    @app.command()
+    def replay(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        out: Path = typer.Option(None, help="where to write the replayed run (default: RUN/replay-<time>)"),
+    ) -> None:
+        """Re-execute a run from its recorded LLM calls (no model) and check the events come out identical."""
+        from simulacra.run import replay as replay_run
+
+        async def main():
+            return await replay_run(run_dir, out)
+
+        from simulacra.storage import RunError
+
+        try:
+            report = asyncio.run(main())
+        except RunError as exc:
+            _fail(str(exc))
+        if report.identical:
+            console.print(f"identical: {report.events} events over {report.steps} steps ({report.run_dir})")
+        else:
+            console.print(f"[red]events differ[/red] at event {report.first_difference['index']}:")
+            console.print_json(data=report.first_difference)
+            raise typer.Exit(code=1)
+
+    @app.command(name="interview")
+    def interview_cmd(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        resident: str = typer.Argument(..., help="the resident's full name"),
+        question: str = typer.Argument(..., help="what to ask"),
+    ) -> None:
+        """Ask a resident of a run a question; the answer comes from their memories at the run's last step."""
+        from simulacra.run import Run
+        from simulacra.storage import RunError
+
+        async def main():
+            run_ = Run.open(run_dir)
+            try:
+                names = [r.name for r in run_.sim.residents]
+                if resident not in names:
+                    raise RunError(f"{resident!r} is not a resident of this run; residents: {', '.join(names)}")
+                return await run_.sim.interview(resident, question)
+            finally:
+                await run_.aclose()
+
+        try:
+            console.print(asyncio.run(main()), markup=False)
+        except RunError as exc:
+            _fail(str(exc))
+
+    @app.command()
+    def export(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        format: str = typer.Option("parquet", "--format", help="parquet or csv"),
+        out: Path = typer.Option(None, help="output folder (default: RUN/export)"),
+    ) -> None:
+        """Write a run's events, memories, calls and metrics as parquet or CSV tables."""
+        from simulacra.export import export_run
+        from simulacra.storage import RunError
+
+        try:
+            files = export_run(run_dir, format, out)
+        except (RunError, ValueError) as exc:
+            _fail(str(exc))
+        for name, path in files.items():
+            console.print(f"{name}: {path}")
+
+    @app.command()
+    def view(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        port: int = typer.Option(8765, help="port on 127.0.0.1"),
+    ) -> None:
+        """Open a finished (or stopped) run in the browser viewer: scrub its timeline, inspect, interview."""
+        from simulacra.run import Run
+        from simulacra.storage import RunError
+        from simulacra.viewer_run import start_viewer
+
+        async def main():
+            run_ = Run.open(run_dir)
+            server = await start_viewer(run_, port=port)
+            console.print(f"viewer: [bold]{server.url}[/bold]  (step {run_.sim.town.steps}; Ctrl-C to quit)")
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await server.close()
+                await run_.aclose()
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            pass
+        except RunError as exc:
+            _fail(str(exc))
+
+    @app.command()
+    def runs(root: Path = typer.Argument(Path("runs"), help="folder holding run directories")) -> None:
+        """List runs with their status and progress."""
+        from simulacra.storage import list_runs
+
+        table = Table(title=f"runs in {root}")
+        for c in ("run", "scenario", "seed", "status", "steps", "updated", "note"):
+            table.add_column(c)
+        for path, row, problem in list_runs(root):
+            if row is None:
+                table.add_row(path.name, "", "", "[red]unreadable[/red]", "", "", problem)
+            else:
+                table.add_row(
+                    path.name,
+                    row.scenario,
+                    str(row.seed),
+                    row.status,
+                    f"{row.steps_done}/{row.steps_target}",
+                    f"{row.updated_at:%Y-%m-%d %H:%M}",
+                    row.message,
+                )
+        console.print(table)

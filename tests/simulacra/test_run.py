@@ -1,0 +1,224 @@
+"""Durable runs: one transaction per step, resume after a kill, replay, and bad input."""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
+
+from simulacra.cli import app
+from simulacra.inference.fake import ScriptedLLM
+from simulacra.run import Run, replay
+from simulacra.storage import RunError, RunStore
+
+from ..agents.fakes import WordEmbedder, by_kind
+
+TOWN3 = "scenarios/town3.yaml"
+
+
+def chatty():
+    """A stateless script (answers depend only on the prompt), so a resumed run gets the same answers."""
+
+    def reaction(prompt, schema):
+        return {"decision": "talk" if "have not talked" in prompt else "continue", "reason": "hello"}
+
+    def utter(prompt, schema):
+        n = prompt.count("\n", prompt.index("Conversation so far:")) if "Conversation so far:" in prompt else 0
+        return {"says": f"line {n} about the tasting", "end": n >= 5}
+
+    return ScriptedLLM(by_kind({"Reaction": reaction, "Utterance": utter}))
+
+
+async def make_run(tmp_path: Path, hours: float = 1.0, **kw) -> Run:
+    run = Run.create(
+        TOWN3, out=tmp_path, seed=7, hours=hours, llm=chatty(), embedder=kw.pop("embedder", WordEmbedder()), **kw
+    )
+    return run
+
+
+async def test_each_step_is_one_whole_commit(tmp_path) -> None:
+    run = await make_run(tmp_path)
+    llm = run.llm
+    await run.arun()
+    store = run.store
+    info = store.info()
+    assert info.status == "finished" and info.steps_done == info.steps_target == 6
+    with sqlite3.connect(store.path) as db:
+        steps = [r[0] for r in db.execute("select step from step order by step")]
+        calls = db.execute("select count(*) from call").fetchone()[0]
+        per_step = dict(db.execute("select step, count(*) from metric group by step").fetchall())
+        mode = db.execute("pragma journal_mode").fetchone()[0]
+    assert steps == list(range(7)) and mode == "wal"
+    assert calls == len(llm.calls)  # every LLM call recorded, once
+    assert len(set(per_step.values())) == 1  # the same metrics every step
+    events = store.events()
+    assert events and all(e["step"] >= 1 for e in events)
+    assert store.metrics()["known.party"][0] == (0, 1.0)
+    await run.aclose()
+
+
+async def test_resume_continues_exactly(tmp_path) -> None:
+    whole = await make_run(tmp_path / "a", hours=2)
+    await whole.arun()
+    await whole.aclose()
+    part = await make_run(tmp_path / "b", hours=2)
+    await part.arun(steps=5)
+    await part.aclose()
+    assert RunStore(part.dir).info().status == "paused"
+    again = Run.open(part.dir, llm=chatty(), embedder=WordEmbedder())
+    assert again.sim.town.steps == 5
+    await again.arun()
+    await again.aclose()
+    assert RunStore(part.dir).events() == RunStore(whole.dir).events()
+    resumed, straight = RunStore(part.dir).metrics(), RunStore(whole.dir).metrics()
+    del resumed["llm.cached_tokens"], straight["llm.cached_tokens"]  # a restarted backend starts with a cold cache
+    assert resumed == straight
+
+
+async def test_replay_reproduces_the_events(tmp_path) -> None:
+    run = await make_run(tmp_path, hours=2)
+    await run.arun()
+    await run.aclose()
+    report = await replay(run.dir, tmp_path / "replayed", embedder=WordEmbedder())
+    assert report.identical and report.events == len(RunStore(run.dir).events()) > 10
+
+
+@pytest.mark.slow
+def test_killed_at_random_steps_resumes_to_the_same_events(tmp_path) -> None:
+    """SIGKILL a replaying run twice at random steps; resume it; its event log equals the original's."""
+    original = asyncio.run(_original(tmp_path))
+    target = RunStore(original).info().steps_done
+    dest = tmp_path / "killed"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    exe = [sys.executable, "-m", "simulacra.cli"]
+    rng = random.Random(1)
+    cmd = [*exe, "replay", str(original), "--out", str(dest)]
+    for _ in range(2):
+        kill_at = rng.randint(2, target - 2)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (dest / "run.db").exists() and _steps_done(dest) >= kill_at:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = _steps_done(dest)
+        assert done < target
+        cmd = [*exe, "resume", str(dest)]  # the next attempt resumes the killed run
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert RunStore(dest).info().status == "finished"
+    assert RunStore(dest).events() == RunStore(original).events()
+    with sqlite3.connect(dest / "run.db") as db:
+        assert [r[0] for r in db.execute("select step from step order by step")] == list(range(target + 1))
+
+
+async def _original(tmp_path: Path) -> Path:
+    run = await make_run(tmp_path / "orig", hours=3, embedder=None)  # the packaged embedder, as the CLI uses
+    await run.arun()
+    await run.aclose()
+    return run.dir
+
+
+def _steps_done(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'run.db'}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("select max(step) from step").fetchone()
+        return row[0] or 0
+    except sqlite3.Error:
+        return 0
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+
+def test_unknown_run_and_corrupted_or_foreign_databases(tmp_path) -> None:
+    with pytest.raises(RunError, match="not a run directory"):
+        RunStore(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RunError, match="not a readable run database"):
+        RunStore(bad)
+    other = tmp_path / "other"
+    other.mkdir()
+    with sqlite3.connect(other / "run.db") as db:
+        db.execute("create table t (x)")
+    with pytest.raises(RunError, match="not a simulacra run database"):
+        RunStore(other)
+
+
+async def test_a_database_from_another_version_is_refused(tmp_path) -> None:
+    run = await make_run(tmp_path)
+    await run.aclose()
+    with sqlite3.connect(run.dir / "run.db") as db:
+        db.execute("update run set schema_version = 99")
+    with pytest.raises(RunError, match="version 99.*reads version 1"):
+        RunStore(run.dir)
+
+
+async def test_a_failing_write_keeps_the_last_whole_step(tmp_path, monkeypatch) -> None:
+    run = await make_run(tmp_path)
+    await run.arun(steps=2)
+    real = run.store.commit_step
+
+    def full(data, memories):
+        raise OperationalError("insert", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(run.store, "commit_step", full)
+    with pytest.raises(RunError, match="disk is full.*simulacra resume"):
+        await run.arun()
+    monkeypatch.setattr(run.store, "commit_step", real)
+    info = RunStore(run.dir).info()
+    assert info.steps_done == 2 and info.status == "failed" and "disk is full" in info.message
+    await run.aclose()
+    again = Run.open(run.dir, llm=chatty(), embedder=WordEmbedder())
+    assert again.sim.town.steps == 2
+    await again.arun()
+    assert RunStore(run.dir).info().status == "finished"
+    await again.aclose()
+
+
+async def test_ctrl_c_mid_step_leaves_whole_steps_and_says_how_to_resume(tmp_path) -> None:
+    run = Run.create(TOWN3, out=tmp_path, hours=1, llm=ScriptedLLM(by_kind(), latency=0.05), embedder=WordEmbedder())
+    task = asyncio.ensure_future(run.arun())
+    while run.sim.town.steps < 3:  # step 3 has begun, so step 2 is committed
+        await asyncio.sleep(0.005)
+    in_progress = run.sim.town.steps  # cancelled while this step's LLM calls are in flight
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    info = RunStore(run.dir).info()
+    assert info.status == "interrupted" and "simulacra resume" in info.message
+    assert info.steps_done == in_progress - 1 == RunStore(run.dir).last_step().step
+    await run.aclose()
+
+
+def test_cli_messages_for_missing_scenario_and_unknown_run(tmp_path) -> None:
+    cli = CliRunner()
+    r = cli.invoke(app, ["run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "missing.yaml" in r.output and "Traceback" not in r.output
+    r = cli.invoke(app, ["resume", str(tmp_path / "no-run")])
+    assert r.exit_code == 2 and "not a run directory" in r.output
+    r = cli.invoke(app, ["runs", str(tmp_path)])
+    assert r.exit_code == 0
+
+
+async def test_runs_lists_status(tmp_path) -> None:
+    run = await make_run(tmp_path)
+    await run.arun(steps=1)
+    await run.aclose()
+    r = CliRunner().invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "paused" in r.output and "1/6" in r.output
+    assert json.loads((run.dir / "meta.json").read_text())["seed"] == 7
