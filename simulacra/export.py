@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from sqlmodel import Session, col, select
@@ -50,7 +50,9 @@ CALL_COLUMNS = [
 METRIC_COLUMNS = ["step", "name", "value"]
 
 
-def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None = None) -> dict[str, Path]:
+def export_run(
+    run_dir: str | Path, fmt: Literal["parquet", "csv"] = "parquet", out: str | Path | None = None
+) -> dict[str, Path]:
     """Write the run's tables (events, memories, calls, metrics, metrics_wide) as ``fmt`` files.
 
     ``out`` is the folder to write into (default ``RUN/export/``); existing files of the same name are
