@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -232,8 +232,15 @@ class Run:
         self.wall_s += wall
         return wall
 
-    async def arun(self, steps: int | None = None, on_step: Callable[[Progress], None] | None = None) -> None:
-        """Step until the target (or ``steps`` more); status and message say how it ended."""
+    async def arun(
+        self,
+        steps: int | None = None,
+        on_step: Callable[[Progress], None] | None = None,
+        between: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Step until the target (or ``steps`` more); status and message say how it ended.
+
+        ``between`` is awaited after each step (the viewer's pause and speed controls)."""
         target = self.steps_target if steps is None else min(self.sim.town.steps + steps, self.steps_target)
         self.store.set_status("running", "")
         done0, t_start = self.sim.town.steps, time.perf_counter()
@@ -242,6 +249,8 @@ class Run:
                 wall = await self.step()
                 if on_step is not None:
                     on_step(self._progress(wall, done0, t_start, target))
+                if between is not None:
+                    await between()
         except (KeyboardInterrupt, asyncio.CancelledError):
             self.store.set_status(
                 "interrupted", f"stopped after step {self.sim.town.steps}; continue with `simulacra resume {self.dir}`"

@@ -70,7 +70,8 @@ async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> 
 
     try:
         with bar:
-            await run.arun(steps, on_step)
+            between = (lambda: server.source.wait_turn(0.0)) if server is not None else None
+            await run.arun(steps, on_step, between)
         results = None
         if interview:
             console.print("interviewing every resident …")

@@ -25,8 +25,8 @@ from ..agents.fakes import WordEmbedder, by_kind
 TOWN3 = "scenarios/town3.yaml"
 
 
-def chatty():
-    """A stateless script (answers depend only on the prompt), so a resumed run gets the same answers."""
+def chatty_answers() -> dict:
+    """Stateless answers (they depend only on the prompt), so a resumed run gets the same ones."""
 
     def reaction(prompt, schema):
         return {"decision": "talk" if "have not talked" in prompt else "continue", "reason": "hello"}
@@ -35,7 +35,11 @@ def chatty():
         n = prompt.count("\n", prompt.index("Conversation so far:")) if "Conversation so far:" in prompt else 0
         return {"says": f"line {n} about the tasting", "end": n >= 5}
 
-    return ScriptedLLM(by_kind({"Reaction": reaction, "Utterance": utter}))
+    return {"Reaction": reaction, "Utterance": utter}
+
+
+def chatty() -> ScriptedLLM:
+    return ScriptedLLM(by_kind(chatty_answers()))
 
 
 async def make_run(tmp_path: Path, hours: float = 1.0, **kw) -> Run:
@@ -191,11 +195,21 @@ async def test_a_failing_write_keeps_the_last_whole_step(tmp_path, monkeypatch) 
 
 
 async def test_ctrl_c_mid_step_leaves_whole_steps_and_says_how_to_resume(tmp_path) -> None:
-    run = Run.create(TOWN3, out=tmp_path, hours=1, llm=ScriptedLLM(by_kind(), latency=0.05), embedder=WordEmbedder())
+    in_call = asyncio.Event()
+    fill = by_kind()
+    holder = {}
+
+    async def script(prompt, schema, params):
+        if holder["run"].sim.town.steps >= 3:  # hang inside a call of step 3 or later
+            in_call.set()
+            await asyncio.sleep(60)
+        return fill(prompt, schema, params)
+
+    run = Run.create(TOWN3, out=tmp_path, hours=2, llm=ScriptedLLM(script), embedder=WordEmbedder())
+    holder["run"] = run
     task = asyncio.ensure_future(run.arun())
-    while run.sim.town.steps < 3:  # step 3 has begun, so step 2 is committed
-        await asyncio.sleep(0.005)
-    in_progress = run.sim.town.steps  # cancelled while this step's LLM calls are in flight
+    await asyncio.wait_for(in_call.wait(), 30)
+    in_progress = run.sim.town.steps
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
