@@ -140,15 +140,16 @@ class Run:
         scenario = load_scenario(scenario_path)
         d = scenario.definition
         seed = d.simulation.seed if seed is None else int(seed)
-        backend = backend or Backend("engine", d.model.path or "")
-        if llm is not None and backend.kind == "engine" and backend.model == (d.model.path or ""):
-            backend = Backend("custom")
+        if llm is not None:
+            backend = backend or Backend("custom")  # a caller's LLM object: resume needs the same object
+        else:
+            backend = backend or Backend("engine", d.model.path or "")
         target = scenario.max_steps if hours is None else round(hours * 60 / d.simulation.minutes_per_step)
         path = Path(run_dir) if run_dir else _unique_dir(Path(out), _slug(d.name), seed)
         if (path / "run.db").exists():
             raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
-        llm = llm or make_llm(backend)
         config = config or mind_config(scenario, seed)
+        llm = llm or make_llm(backend)
         store = RunStore(path, create=True)
         shutil.copyfile(scenario_path, path / "scenario.yaml")
         model_path = _model_path(llm, backend)
