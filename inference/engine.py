@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from simulacra.inference.block_manager import BlockManager
-from simulacra.inference.loader import LoadedModel, load_model
+from simulacra.inference.loader import LoadedModel, load_model, resolve_device
 from simulacra.inference.paged_kv import PagedKV
 from simulacra.inference.port import GenerateResult, Prompt, RequestError, SamplingParams, Schema, StreamEvent
 from simulacra.inference.runner import ModelRunner
@@ -40,6 +40,23 @@ class EngineConfig:
     max_num_seqs: int = 128
     max_batched_tokens: int = 2048  # per step: bounds prefill chunk size and step latency
     seed: int = 0  # seeds requests that bring none, in arrival order
+    # where the model, KV cache and sampling run: "auto" = CUDA when torch sees a GPU, else CPU (for a
+    # model given already loaded: where it is), or "cpu" / "cuda" / "cuda:N"
+    device: str = "auto"
+
+
+def _loaded_device(lm: LoadedModel, wanted: str) -> torch.device:
+    """The device of an already loaded model; an explicit `wanted` device must be that one."""
+    device = lm.model.embed.weight.device
+    if wanted == "auto":
+        return device
+    target = torch.device(resolve_device(wanted))
+    if target.type != device.type or target.index not in (None, device.index):
+        raise ValueError(
+            f"the model is loaded on {device} but EngineConfig.device is {wanted!r}: load it with "
+            f"load_model(..., device={wanted!r}), or pass the path instead, or leave device='auto'"
+        )
+    return device
 
 
 class Counters:
@@ -91,8 +108,13 @@ class _Request:
 
 class Engine:
     def __init__(self, model: LoadedModel | str | Path | None = None, config: EngineConfig | None = None) -> None:
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model)
         self.config = cfg = config or EngineConfig()
+        if isinstance(model, LoadedModel):
+            self.lm = model
+            self.device = _loaded_device(model, cfg.device)
+        else:
+            self.device = torch.device(resolve_device(cfg.device))
+            self.lm = load_model(model, device=str(self.device))  # dtype: `loader.default_dtype(device)`
         mcfg = self.lm.model.cfg
         per_token = PagedKV.bytes_per_token(mcfg.n_layers, mcfg.n_kv_heads, mcfg.head_dim, self.lm.model.dtype)
         num_blocks = max(int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size), 2)
@@ -187,7 +209,7 @@ class Engine:
             )
         constraint = self._grammar_compiler().matcher(schema) if schema is not None else None
         params.seed = seed if seed is not None else self._seed_rng.getrandbits(63)
-        seq = Sequence(ids, params, make_generator(params.seed), constraint)
+        seq = Sequence(ids, params, make_generator(params.seed, self.device), constraint)
         return _Request(seq, schema, asyncio.get_running_loop())
 
     def _submit(self, request: _Request) -> None:

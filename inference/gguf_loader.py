@@ -1,5 +1,8 @@
 """GGUF files: metadata, tensors dequantised to float, renamed to the model's pieces.
 
+Expert tensors the kernels read quantised (`kernels.gguf_expert_types`) can be skipped here; the
+loader builds them from the file's blocks instead (`kernels.read_gguf_experts`).
+
 llama.cpp's converter permutes the Q/K projection rows of rotary-"normal" architectures (llama,
 granite) so that GGML can rotate adjacent pairs; the model rotates halves (the HF layout), so those
 rows are permuted back here.
@@ -8,7 +11,7 @@ rows are permuted back here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +128,15 @@ def gguf_shapes(reader: GGUFReader, path: Path) -> dict[str, tuple[int, ...]]:
     return {name: tuple(int(d) for d in reversed(t.shape)) for name, t in _named_tensors(reader, path)}
 
 
-def gguf_pieces(reader: GGUFReader, cfg: ModelConfig, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (piece name, float32 tensor) for every tensor of the file."""
+def gguf_pieces(
+    reader: GGUFReader, cfg: ModelConfig, path: Path, skip: Collection[str] = ()
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (piece name, float32 tensor) for every tensor of the file but those named in `skip`
+    (GGUF names: expert tensors kept quantised are never decoded, which is most of a MoE's load time)."""
     arch = reader.fields["general.architecture"].contents()
     for name, t in _named_tensors(reader, path):
+        if t.name in skip:
+            continue
         if t.tensor_type not in SUPPORTED_TYPES:
             raise ModelLoadError(
                 path,

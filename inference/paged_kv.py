@@ -62,7 +62,7 @@ class PagedKV:
     def prepare(self, chunks: list[tuple[list[int], int, int]]) -> None:
         """Layout of the next forward: per sequence (block table, tokens already cached, new tokens),
         in the order their tokens appear in the flat batch."""
-        bs = self.block_size
+        bs, dev = self.block_size, self.k.device
         slots, decode_rows, decode_tables, lengths, prefill = [], [], [], [], []
         row = 0
         for table, start, n in chunks:
@@ -73,7 +73,7 @@ class PagedKV:
                 decode_tables.append(used)
                 lengths.append(start + 1)
             else:
-                prefill.append((row, n, used, start + n))
+                prefill.append((row, n, used.to(dev), start + n))
             row += n
         if decode_tables:
             tables = torch.nn.utils.rnn.pad_sequence(decode_tables, batch_first=True)
@@ -82,7 +82,9 @@ class PagedKV:
         lens = torch.tensor(lengths, dtype=torch.long)
         mask = (torch.arange(tables.shape[1] * bs)[None, :] < lens[:, None])[:, None, None, :]
         rows = torch.tensor(decode_rows, dtype=torch.long)
-        self.layout = StepLayout(torch.cat(slots), rows, tables, lens, mask, prefill)
+        # built on the CPU (small, Python lists), used on the cache's device (no-op copies on the CPU)
+        layout = (torch.cat(slots), rows, tables, lens, mask)
+        self.layout = StepLayout(*(t.to(dev) for t in layout), prefill)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         lay = self.layout

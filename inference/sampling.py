@@ -15,8 +15,9 @@ from torch import Tensor
 from simulacra.inference.port import SamplingParams
 
 
-def make_generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A request's own random stream, on the device its logits live on (torch samples there)."""
+    return torch.Generator(device=device).manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:

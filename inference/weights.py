@@ -8,14 +8,16 @@ against the config, so a wrong file fails with a message rather than a silent mi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from simulacra.inference import kernels
 from simulacra.inference.config import ModelConfig
 from simulacra.inference.errors import ModelLoadError
+from simulacra.inference.kernels import QuantizedTensor
 from simulacra.inference.model import Transformer, rope_inv_freq
 
 
@@ -57,11 +59,16 @@ def _fuse(pieces: dict[str, Tensor], prefix: str, n_experts: int) -> None:
 
 
 def build_model(
-    cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], dtype: torch.dtype, where: str | Path
+    cfg: ModelConfig,
+    tensors: Iterable[tuple[str, Tensor]],
+    dtype: torch.dtype,
+    where: str | Path,
+    quantized: Mapping[int, tuple[QuantizedTensor, QuantizedTensor]] | None = None,
 ) -> Transformer:
     """Assemble pieces into a `Transformer` in `dtype`, checking names and shapes.
 
-    `cfg` must already carry the checkpoint's structure (`infer_structure`).
+    `cfg` must already carry the checkpoint's structure (`infer_structure`). `quantized` maps a layer
+    to its (gate_up, down) experts kept quantised; those layers need no float expert pieces.
     """
     pieces = {name: t.to(dtype) for name, t in tensors}
     try:
@@ -76,6 +83,8 @@ def build_model(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight")
+    for i, pair in (quantized or {}).items():
+        _check_quantized(expected, i, pair, where)
     missing = sorted(set(expected) - set(pieces))
     unexpected = sorted(set(pieces) - set(expected))
     if missing:
@@ -98,7 +107,26 @@ def build_model(
                 "config and weights disagree: check hidden/intermediate sizes, heads and expert count",
             )
     model.load_state_dict(pieces, strict=False, assign=True)
+    for i, pair in (quantized or {}).items():
+        kernels.set_quantized_experts(model.layers[i].ffn, *pair)
     model.tie_weights()
     inv_freq, model.rope_scale = rope_inv_freq(cfg)
     model.inv_freq = inv_freq
     return model.eval().requires_grad_(False)
+
+
+def _check_quantized(
+    expected: dict[str, torch.Size], layer: int, pair: tuple[QuantizedTensor, QuantizedTensor], where: str | Path
+) -> None:
+    """Quantised experts of `layer` must match the config's expert shapes; they replace the float pieces."""
+    for part, q in zip(("gate_up", "down"), pair, strict=True):
+        key = f"layers.{layer}.ffn.{part}"
+        if key not in expected:
+            raise ModelLoadError(where, f"layer {layer} has stacked expert tensors but is not an MoE layer")
+        shape = expected.pop(key)
+        if tuple(q.shape) != tuple(shape):
+            raise ModelLoadError(
+                where,
+                f"quantised experts {key} have shape {tuple(q.shape)} but the config implies {tuple(shape)}",
+                "config and weights disagree: check hidden/intermediate sizes and expert count",
+            )

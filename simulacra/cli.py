@@ -94,17 +94,21 @@ def serve(
     name: str = typer.Option(None, help="model id clients send (default: the file or folder name)"),
     kv_cache_gb: float = typer.Option(1.0, help="memory for the paged KV cache"),
     max_num_seqs: int = typer.Option(128, help="most requests decoded together"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"),
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     from simulacra.inference.engine import Engine, EngineConfig
     from simulacra.inference.server import serve as serve_app
 
     try:
-        engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs))
-    except ModelLoadError as exc:
+        engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, device=device))
+    except (ModelLoadError, ValueError) as exc:
         _fail(exc)
     model_name = name or engine.lm.info.path.stem
-    console.print(f"serving {model_name} at http://{host}:{port}/v1 (context {engine.context_length} tokens)")
+    console.print(
+        f"serving {model_name} at http://{host}:{port}/v1 (context {engine.context_length} tokens, "
+        f"{engine.device}, {engine.lm.model.dtype})"
+    )
     serve_app(engine, model_name, engine.context_length, host=host, port=port)
 
 

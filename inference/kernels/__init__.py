@@ -6,7 +6,8 @@ One entry point, `moe_experts(moe, x, weights, ids)`, picks the implementation f
   installs never import Triton);
 * CPU -> `cpu_moe`: wide matmuls for experts with many tokens, the numba narrow kernel for experts
   with few, the numba combine; quantised experts (`quant.QuantizedTensor`, attached to the module as
-  `moe.quantized`) are read quantised.
+  `moe.quantized`) are read quantised. `loader.load_model` attaches a GGUF file's Q8_0 / Q4 experts
+  this way at load time (`gguf_expert_types`, `read_gguf_experts`, `set_quantized_experts`).
 
 `settings` holds the switches (one process-wide object, like torch's own backend flags):
 `small_max` / `small_max_quantised` (the per-expert token count at which the wide matmul takes over,
@@ -17,7 +18,7 @@ expert, the fast choice without AMX; "tiled" = fixed `tile`-row matmuls; on CUDA
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,11 +38,15 @@ __all__ = [
     "attach_gguf_experts",
     "batch_invariant",
     "cpu_experts",
+    "gguf_expert_tensor_names",
+    "gguf_expert_types",
     "invariant_linear",
     "moe_experts",
     "qlinear",
     "quantize_experts",
+    "read_gguf_experts",
     "route_topk",
+    "set_quantized_experts",
     "settings",
     "sort_by_expert",
 ]
@@ -120,14 +125,47 @@ def quantize_experts(model: torch.nn.Module, qtype: str, drop_float: bool = True
     changed = 0
     for module in model.modules():
         if hasattr(module, "gate_up") and hasattr(module, "router") and module.gate_up.dim() == 3:
-            module.quantized = (
-                QuantizedTensor.quantize(module.gate_up, qtype),
-                QuantizedTensor.quantize(module.down, qtype),
-            )
-            if drop_float:
-                _drop(module)
+            pair = (QuantizedTensor.quantize(module.gate_up, qtype), QuantizedTensor.quantize(module.down, qtype))
+            set_quantized_experts(module, *pair, drop_float=drop_float)
             changed += 1
     return changed
+
+
+def gguf_expert_types(reader: Any) -> dict[int, str]:
+    """Layer index -> quantisation type, for every layer of a GGUF file whose stacked experts
+    (`ffn_{gate,up,down}_exps`) share one type these kernels read quantised. Headers only.
+
+    Layers with another type (Q5_0, K-quants, floats) or mixed types are left out: they load as floats.
+    """
+    tensors = {t.name: t for t in reader.tensors}
+    types_by_layer = {}
+    for name in tensors:
+        if not (name.startswith("blk.") and name.endswith(".ffn_down_exps.weight")):
+            continue
+        layer = int(name.split(".")[1])
+        parts = [tensors.get(_gguf_expert_name(layer, p)) for p in ("gate", "up", "down")]
+        if any(t is None for t in parts):
+            continue
+        kinds = {t.tensor_type.name for t in parts}
+        if len(kinds) == 1 and kinds <= set(QTYPES):
+            types_by_layer[layer] = kinds.pop()
+    return types_by_layer
+
+
+def gguf_expert_tensor_names(layers: Iterable[int]) -> set[str]:
+    """The GGUF tensor names of the stacked experts of `layers` (what the float loader skips for them)."""
+    return {_gguf_expert_name(i, p) for i in layers for p in ("gate", "up", "down")}
+
+
+def read_gguf_experts(reader: Any, layer: int) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """(gate_up, down) of one layer, built from the file's quantised blocks (gate and up fused by
+    concatenating quantised rows); no float copy is made. The layer must be in `gguf_expert_types`."""
+    tensors = {t.name: t for t in reader.tensors}
+    gate, up, down = (
+        QuantizedTensor.from_gguf(t.data, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)))
+        for t in (tensors[_gguf_expert_name(layer, p)] for p in ("gate", "up", "down"))
+    )
+    return gate.cat_rows(up), down
 
 
 def attach_gguf_experts(model: torch.nn.Module, reader: Any, drop_float: bool = True) -> int:
@@ -135,29 +173,32 @@ def attach_gguf_experts(model: torch.nn.Module, reader: Any, drop_float: bool = 
 
     `reader` is the file's `gguf.GGUFReader`. Gate and up (`ffn_gate_exps`, `ffn_up_exps`) are fused
     by concatenating quantised rows. Layers whose experts use another type keep their float weights.
-    Returns the number of layers attached.
+    Returns the number of layers attached. (`loader.load_model` does this at load time, without ever
+    decoding those experts to float.)
     """
-    tensors = {t.name: t for t in reader.tensors}
     layers = [m for m in model.modules() if hasattr(m, "gate_up") and hasattr(m, "router")]
     moe_layers = [i for i, is_moe in enumerate(model.cfg.moe_layers) if is_moe]
+    quantised = gguf_expert_types(reader)
     attached = 0
     for i, module in zip(moe_layers, layers, strict=True):
-        parts = [tensors.get(f"blk.{i}.ffn_{p}_exps.weight") for p in ("gate", "up", "down")]
-        if any(t is None or t.tensor_type.name not in QTYPES for t in parts):
-            continue
-        if len({t.tensor_type.name for t in parts}) != 1:
-            continue
-        q = [
-            QuantizedTensor.from_gguf(t.data, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)))
-            for t in parts
-        ]
-        module.quantized = (q[0].cat_rows(q[1]), q[2])
-        if drop_float:
-            _drop(module)
-        attached += 1
+        if i in quantised:
+            set_quantized_experts(module, *read_gguf_experts(reader, i), drop_float=drop_float)
+            attached += 1
     return attached
 
 
-def _drop(module: torch.nn.Module) -> None:
-    module.gate_up = torch.nn.Parameter(torch.empty(0, dtype=module.gate_up.dtype), requires_grad=False)
-    module.down = torch.nn.Parameter(torch.empty(0, dtype=module.down.dtype), requires_grad=False)
+def set_quantized_experts(
+    module: torch.nn.Module, gate_up: QuantizedTensor, down: QuantizedTensor, drop_float: bool = True
+) -> None:
+    """Make an `MoE` module compute its experts from quantised weights (`moe.quantized`).
+
+    With `drop_float` its float `gate_up` / `down` become empty tensors, so they hold no memory."""
+    module.quantized = (gate_up, down)
+    if drop_float:
+        dtype = module.router.weight.dtype  # the layer's float dtype (gate_up may be an unloaded placeholder)
+        module.gate_up = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+        module.down = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+
+
+def _gguf_expert_name(layer: int, part: str) -> str:
+    return f"blk.{layer}.ffn_{part}_exps.weight"

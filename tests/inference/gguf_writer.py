@@ -101,11 +101,27 @@ def gguf_tensors(cfg, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def write_gguf(folder: Path, path: Path, qtype: GGMLQuantizationType = GGMLQuantizationType.F32) -> Path:
-    """Convert the HF checkpoint in `folder` to GGUF; 2-D and 3-D weights in `qtype`, the rest F32."""
+def byte_vocab(size: int) -> list[str]:
+    """`size` single-byte tokens in GPT-2's byte-level spelling: printable ASCII, then "Ġ" (space) and
+    "Ċ" (newline). 96 tokens cover them all, so the tiny models' ids and texts map one to one."""
+    tokens = [chr(c) for c in range(33, 127)] + ["\u0120", "\u010a"]
+    if size > len(tokens):
+        raise ValueError(f"a byte vocabulary has at most {len(tokens)} single-byte tokens, asked for {size}")
+    return tokens[:size]
+
+
+def write_gguf(
+    folder: Path, path: Path, qtype: GGMLQuantizationType = GGMLQuantizationType.F32, tokenizer: bool = False
+) -> Path:
+    """Convert the HF checkpoint in `folder` to GGUF; 2-D and 3-D weights in `qtype`, the rest F32.
+    With `tokenizer`, a byte-level vocabulary (`byte_vocab`) too, so `load_model` and the engine take it."""
     cfg = AutoConfig.from_pretrained(folder)
     arch = ARCH[cfg.model_type]
     w = GGUFWriter(str(path), arch)
+    if tokenizer:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt2")
+        w.add_token_list(byte_vocab(cfg.vocab_size))
     w.add_uint32(f"{arch}.vocab_size", cfg.vocab_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)

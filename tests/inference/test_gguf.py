@@ -3,10 +3,13 @@ loaded from safetensors; quantised files stay close to them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from simulacra.inference.errors import ModelLoadError
 from simulacra.inference.loader import describe_model, load_transformer
 from tests.inference.gguf_writer import quantisation_round_trip, write_gguf
 from tests.inference.test_parity import ours_logits
@@ -51,3 +54,15 @@ def test_quantised_gguf_computes_with_its_dequantised_weights(checkpoint, qtype)
     for w, g in zip(want, got, strict=True):
         assert (w - g).abs().max().item() <= 1e-4, (family, qtype.name)
     assert not torch.equal(ours_logits(exact_model, seqs)[0], got[0])  # the file really was quantised
+
+
+@pytest.mark.parametrize("quantized_experts", [True, False])
+def test_expert_shapes_that_disagree_with_the_metadata_fail_with_a_message(tmp_path, quantized_experts) -> None:
+    """A file whose expert FFN length (metadata) does not match its expert tensors names the weight and
+    both shapes, whether the experts are kept quantised or decoded to float."""
+    save_reference(build_reference("mixtral", seed=3), tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))  # tensors: 64
+    path = write_gguf(tmp_path / "hf", tmp_path / "bad.gguf", Q.Q8_0)
+    with pytest.raises(ModelLoadError, match=r"layers\.0\.ffn\.gate_up.* shape \(8, 128, 64\) but the config implies"):
+        load_transformer(path, quantized_experts=quantized_experts)
