@@ -169,10 +169,16 @@ def insights(sys: str, question: str, memories: Sequence[str]) -> Messages:
 
 
 def interview(sys: str, time: str, question: str, memories: Sequence[str], *, yes_no: bool = False) -> Messages:
-    how = (
-        'Answer "yes" or "no" from what you remember. Example: {"answer": "yes"}'
-        if yes_no
-        else "Answer in character, in one to three sentences, only from what you remember. "
-        'Example: {"answer": "Yes, Lena told me about it at the café."}'
-    )
+    """The example answer is the best-ranked memory (or "I don't know"), never a fixed sentence: the
+    135M model echoes a fixed example ("Yes, Lena told me …") whatever it remembers."""
+    if yes_no:
+        how = (
+            'Answer "yes" if what you remember shows it, else "no". '
+            'Examples: {"answer": "no"} when you remember nothing about it; {"answer": "yes"} when you do.'
+        )
+    else:
+        example = memories[0] if memories else "I don't know."
+        how = "Answer in character, in one to three sentences, only from what you remember. Example: " + json.dumps(
+            {"answer": example[:200]}, ensure_ascii=False
+        )
     return chat(sys, f"It is {time}. Someone asks you: {question}\nWhat you remember:\n{_bullets(memories)}\n{how}")

@@ -103,7 +103,7 @@ async def test_reflection_triggers_on_summed_importance_and_links_evidence() -> 
         "Questions": lambda p, s: {"questions": ["What does Ben care about?"]},
         "Insights": insights,
     }
-    sim, llm = simulation(answers, reflection_threshold=15)
+    sim, llm = simulation(answers, reflection_threshold=15, importance_prior_weight=0.0)
     ben = sim.resident("Ben Quill")
     events = await run(sim, 1)
     assert not [e for e in events if e["kind"] == "reflection"]  # scores land at the end of the step
