@@ -39,7 +39,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * x32).to(x.dtype)
+        return (self.weight.float() * x32).to(self.weight.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
@@ -233,7 +233,7 @@ class Transformer(nn.Module):
         angles = positions.float()[:, None] * self.inv_freq[None, :]
         cos = (torch.cat((angles, angles), dim=-1).cos() * self.rope_scale)[:, None, :]
         sin = (torch.cat((angles, angles), dim=-1).sin() * self.rope_scale)[:, None, :]
-        x = self.embed(tokens)
+        x = self.embed(tokens).float()  # the residual stream stays fp32 whatever the weights' dtype
         if self.cfg.embedding_multiplier != 1.0:
             x = x * self.cfg.embedding_multiplier
         for block in self.layers:
