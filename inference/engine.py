@@ -116,7 +116,8 @@ class Engine:
             self.device = torch.device(resolve_device(cfg.device))
             self.lm = load_model(model, device=str(self.device))  # dtype: `loader.default_dtype(device)`
         mcfg = self.lm.model.cfg
-        per_token = PagedKV.bytes_per_token(mcfg.n_layers, mcfg.n_kv_heads, mcfg.head_dim, self.lm.model.dtype)
+        kv_dtype = PagedKV.cache_dtype(self.lm.model.dtype, str(self.device))
+        per_token = PagedKV.bytes_per_token(mcfg.n_layers, mcfg.n_kv_heads, mcfg.head_dim, kv_dtype)
         num_blocks = max(int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size), 2)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batched_tokens)

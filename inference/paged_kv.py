@@ -4,12 +4,15 @@ Cache layout: `k[layer]` is `[num_blocks, block_size, n_kv_heads, head_dim]`; a 
 `block_id * block_size + offset`. Per step, `prepare` turns each sequence's block table into
 indices once; every layer then writes its new K/V with one `index_copy_` and attends:
 
-- sequences with one new token (decode) attend together in one call: on CPU/fp32 a numba kernel
-  reads K/V in place through the block tables (`paged_attention.py`); elsewhere their blocks are
+- sequences with one new token (decode) attend together in one call: on the CPU a numba kernel
+  reads K/V in place through the block tables (`paged_attention.py`); on a GPU their blocks are
   gathered into `[B, max_blocks * block_size]` with a length mask for one SDPA call (only the key
   axis of that call is padded, never the token batch);
 - sequences with several new tokens (prefill chunks) attend one by one with a causal mask offset by
   what is already cached, so a prefix-cache hit or an earlier chunk is simply "past".
+
+On the CPU the cache is fp32 whatever the weights' dtype (`cache_dtype`): the numba kernel reads it
+in place, and attention runs at full precision; K/V of a bf16 model are widened as they are stored.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class PagedKV:
         self.layout: StepLayout | None = None
 
     @staticmethod
+    def cache_dtype(model_dtype: torch.dtype, device: str) -> torch.dtype:
+        """fp32 on the CPU (the in-place numba decode kernel is fp32; a bf16 cache would be gathered
+        for SDPA every layer: measured slower), the model's dtype on a GPU."""
+        return torch.float32 if torch.device(device).type == "cpu" else model_dtype
+
+    @staticmethod
     def bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * n_layers * n_kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
@@ -90,8 +99,9 @@ class PagedKV:
         lay = self.layout
         kc, vc = self.k[layer], self.v[layer]  # [num_blocks, block_size, H, D]
         heads, dim = kc.shape[2], kc.shape[3]
-        kc.view(-1, heads, dim).index_copy_(0, lay.slots, k)
-        vc.view(-1, heads, dim).index_copy_(0, lay.slots, v)
+        kc.view(-1, heads, dim).index_copy_(0, lay.slots, k.to(kc.dtype))
+        vc.view(-1, heads, dim).index_copy_(0, lay.slots, v.to(kc.dtype))
+        dtype, q = q.dtype, q.to(kc.dtype)
         out = torch.empty_like(q)
         if len(lay.decode_rows) and paged_attention.supported(kc):
             out[lay.decode_rows] = paged_attention.paged_decode_attention(
@@ -110,4 +120,4 @@ class PagedKV:
             ks = kc[table].view(-1, heads, dim)[:total]
             vs = vc[table].view(-1, heads, dim)[:total]
             out[first : first + n] = causal_attention(q[first : first + n], ks, vs, scale)
-        return out
+        return out.to(dtype)

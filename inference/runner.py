@@ -20,7 +20,7 @@ class ModelRunner:
             block_size,
             cfg.n_kv_heads,
             cfg.head_dim,
-            model.dtype,
+            PagedKV.cache_dtype(model.dtype, str(model.embed.weight.device)),
             str(model.embed.weight.device),
         )
 
