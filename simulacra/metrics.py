@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from typing import Any
 
+from simulacra.agents.planning import parse_hhmm
 from simulacra.simulation import Simulation
+from simulacra.storage import RunStore
 
 
 def step_metrics(sim: Simulation) -> dict[str, float]:
@@ -71,8 +74,13 @@ async def interview_relationships(sim: Simulation) -> dict[str, Any]:
     return {"edges": yes, "density": len(yes) / (n * (n - 1)) if n > 1 else 0.0}
 
 
-def coordination(sim: Simulation) -> dict[str, Any]:
-    """For each measured event: who knew of it before it began (invited), and who of them was there."""
+def coordination(sim: Simulation, store: RunStore | None = None) -> dict[str, Any]:
+    """For each measured event: who knew of it before it began (invited; the host is not), and who of them was there.
+
+    With the run's ``store`` each invited resident who stayed away also gets the ground truth of
+    why (the paper only had interviews): ``planned`` (their day schedule or an hour plan put them at
+    the event's place during its hours, so something else won: a conflict) and ``where`` (what they
+    were mostly doing during the event's hours, from the stored frames)."""
     d = sim.scenario.definition
     out = {}
     for ev in d.events:
@@ -80,17 +88,102 @@ def coordination(sim: Simulation) -> dict[str, Any]:
             continue
         known = sim.society.facts.known.get(ev.information or "", {})
         start_step = sim.town.clock.step_of(ev.start)
-        invited = sorted(n for n, p in known.items() if p.step < start_step)
+        invited = sorted(n for n, p in known.items() if p.step < start_step and n != ev.host)
         present = sorted(sim.attendance.get(ev.id, set()))
-        out[ev.id] = {
+        c: dict[str, Any] = {
             "invited": invited,
             "attended": sorted(set(invited) & set(present)),
             "present_uninvited": sorted(set(present) - set(invited)),
         }
+        if store is not None and sim.town.steps >= start_step:
+            where, planned = whereabouts(store, sim, ev), planned_to_attend(store, sim, ev)
+            c["absent"] = {n: {"planned": n in planned, "where": where.get(n, "")} for n in invited if n not in present}
+        out[ev.id] = c
     return out
 
 
-def summary(sim: Simulation, first: dict[str, float], wall_s: float, interviews: dict | None = None) -> dict[str, Any]:
+def _area(place: str) -> str:
+    return place.split(":")[0]
+
+
+def whereabouts(store: RunStore, sim: Simulation, ev: Any) -> dict[str, str]:
+    """Each resident's most frequent "activity (place)" over the event's hours, from run.db's frames."""
+    clock = sim.town.clock
+    last = min(clock.step_of(ev.end), sim.town.steps + 1)
+    seen: dict[str, Counter[str]] = {}
+    for step in range(clock.step_of(ev.start), last):
+        for r in store.frame_at(step)["residents"]:
+            seen.setdefault(r["name"], Counter())[f"{r['activity']} ({r['place']})"] += 1
+    return {name: c.most_common(1)[0][0] for name, c in seen.items()}
+
+
+def planned_to_attend(store: RunStore, sim: Simulation, ev: Any) -> set[str]:
+    """Residents whose last day schedule made on the event's day, or an hour plan, had them at the
+    event's place for part of its hours (the plans are the logged ``day_plan`` / ``hour_plan`` events)."""
+    clock, area = sim.town.clock, _area(ev.place)
+    lo = ev.start.hour * 60 + ev.start.minute
+    hi = lo + int((ev.end - ev.start).total_seconds() // 60)
+    schedule: dict[str, list[dict]] = {}
+    hour_plans: dict[str, list[dict]] = {}
+    for e in store.events():
+        if clock.at(e["step"]).date() != ev.start.date() or e["step"] >= clock.step_of(ev.end):
+            continue
+        if e["kind"] == "day_plan":
+            schedule[e["resident"]] = e["schedule"]
+        elif e["kind"] == "hour_plan":
+            hour_plans.setdefault(e["resident"], []).extend(e["actions"])
+
+    def there(slot: dict) -> bool:
+        start, end = (parse_hhmm(slot[k]) for k in ("start", "end"))
+        end = end if end > start else end + 24 * 60  # a slot running past midnight
+        return _area(slot["place"]) == area and start < hi and end > lo
+
+    return {n for n in {*schedule, *hour_plans} if any(map(there, schedule.get(n, []) + hour_plans.get(n, [])))}
+
+
+CONFLICT_WORDS = (
+    "busy", "work", "shift", "had to", "couldn't", "could not", "conflict", "instead", "too tired", "sick",
+)  # fmt: skip
+
+
+async def interview_coordination(sim: Simulation, coord: dict[str, Any]) -> dict[str, Any]:
+    """The paper's follow-up: every invited resident who stayed away is asked why. An answer naming
+    a conflict (a crude keyword list, ``CONFLICT_WORDS``) is counted as one; it is set beside the
+    ground truth of ``coordination`` (did their plans have them there)."""
+    events = {e.id: e for e in sim.scenario.definition.events}
+    out: dict[str, Any] = {}
+    for eid, c in coord.items():
+        ev = events[eid]
+        q = f"Did you go to {ev.title} at {ev.place}? If not, why not?"
+        names = sorted(c.get("absent", {}))
+        answers = await asyncio.gather(*(sim.interview(n, q) for n in names))
+        out[eid] = {
+            "question": q,
+            "answers": {
+                n: {"answer": a, "names_conflict": _mentions(a, list(CONFLICT_WORDS))}
+                for n, a in zip(names, answers, strict=True)
+            },
+        }
+    return out
+
+
+async def interview_all(sim: Simulation, store: RunStore | None = None) -> dict[str, Any]:
+    """The paper's end-of-run interviews: facts, relationships and (with the run's store) the reasons
+    of invited residents who did not attend. What ``simulacra run --interview`` and ``simulacra
+    measure`` store in ``interviews.json``."""
+    out: dict[str, Any] = {"facts": await interview_facts(sim), "relationships": await interview_relationships(sim)}
+    if store is not None:
+        out["coordination"] = await interview_coordination(sim, coordination(sim, store))
+    return out
+
+
+def summary(
+    sim: Simulation,
+    first: dict[str, float],
+    wall_s: float,
+    interviews: dict | None = None,
+    store: RunStore | None = None,
+) -> dict[str, Any]:
     """The paper's table for this run: start → end of each measure, plus cost."""
     n = len(sim.residents)
     hours = sim.town.steps * sim.town.clock.minutes_per_step / 60
@@ -99,13 +192,19 @@ def summary(sim: Simulation, first: dict[str, float], wall_s: float, interviews:
     for fid in sim.society.facts.counts():
         out[f"knows {fid} (ground truth)"] = f"{int(first[f'known.{fid}'])} → {int(last[f'known.{fid}'])} of {n}"
     out["network density"] = f"{first['density']:.3f} → {last['density']:.3f}"
-    for ev, c in coordination(sim).items():
+    for ev, c in coordination(sim, store).items():
         out[f"{ev}: invited → attended"] = f"{len(c['invited'])} → {len(c['attended'])}"
+        if "absent" in c:
+            conflict = sum(a["planned"] for a in c["absent"].values())
+            out[f"{ev}: absent invitees (planned to go / did not plan)"] = f"{conflict} / {len(c['absent']) - conflict}"
     if interviews:
         for fid, f in interviews.get("facts", {}).items():
             out[f"knows {fid} (interview)"] = f"{len(f['knows'])} of {n} ({len(f['unsupported'])} unsupported)"
         if "relationships" in interviews:
             out["density (interview)"] = f"{interviews['relationships']['density']:.3f}"
+        for ev, c in interviews.get("coordination", {}).items():
+            named = sum(a["names_conflict"] for a in c["answers"].values())
+            out[f"{ev}: absent invitees naming a conflict (interview)"] = f"{named} of {len(c['answers'])}"
     calls, tokens = last["llm.calls"], last["llm.prompt_tokens"] + last["llm.completion_tokens"]
     if hours > 0:
         out["LLM calls per resident-hour"] = round(calls / (n * hours), 1)

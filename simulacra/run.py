@@ -194,6 +194,7 @@ class Run:
         sim.load_state_dict(json.loads(last.state))
         store.load_memories(sim.society.memories)
         run = cls(sim, store, records, llm, info.steps_target)
+        run.wall_s = store.wall_s()
         first = store.metrics()
         run.first_metrics = {k: v[0][1] for k, v in first.items() if v}
         return run

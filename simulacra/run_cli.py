@@ -1,4 +1,4 @@
-"""`simulacra run | resume | replay | interview | export | runs`: running experiments from the shell.
+"""`simulacra run | resume | replay | measure | interview | export | runs`: running experiments from the shell.
 
 Registered on the main CLI by ``register(app)``. Every command that can fail on user input prints
 ``error: <what, where>; <how to fix>`` and exits 2, never a traceback.
@@ -34,14 +34,12 @@ def _summary(run, interviews: dict | None = None) -> None:  # noqa: ANN001 - sim
     table = Table(title=f"{run.sim.scenario.definition.name}: step {run.sim.town.steps} ({run.sim.town.now:%a %H:%M})")
     table.add_column("measure")
     table.add_column("value")
-    for k, v in summary(run.sim, first, run.wall_s, interviews).items():
+    for k, v in summary(run.sim, first, run.wall_s, interviews, run.store).items():
         table.add_row(k, str(v))
     console.print(table)
 
 
 async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> None:  # noqa: ANN001
-    from simulacra.metrics import interview_facts, interview_relationships
-
     server = None
     if view:
         from simulacra.viewer_run import start_viewer
@@ -73,11 +71,7 @@ async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> 
         with bar:
             between = (lambda: server.source.wait_turn(0.0)) if server is not None else None
             await run.arun(steps, on_step, between)
-        results = None
-        if interview:
-            console.print("interviewing every resident …")
-            results = {"facts": await interview_facts(run.sim), "relationships": await interview_relationships(run.sim)}
-            (run.dir / "interviews.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=list))
+        results = await _interview(run) if interview else None
         _summary(run, results)
         console.print(
             f"run directory: [bold]{run.dir}[/bold]  (inspect: simulacra view {run.dir}; "
@@ -90,6 +84,16 @@ async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> 
         if server is not None:
             await server.close()
         await run.aclose()
+
+
+async def _interview(run) -> dict:  # noqa: ANN001 - simulacra.run.Run
+    """The paper's end-of-run interviews, written to RUN/interviews.json."""
+    from simulacra.metrics import interview_all
+
+    console.print("interviewing every resident …")
+    results = await interview_all(run.sim, run.store)
+    (run.dir / "interviews.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=list))
+    return results
 
 
 def _go(coro) -> None:  # noqa: ANN001
@@ -180,6 +184,25 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]events differ[/red] at event {report.first_difference['index']}:")
             console.print_json(data=report.first_difference)
             raise typer.Exit(code=1)
+
+    @app.command()
+    def measure(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
+        """The paper's interviews on a run as it stands (facts, relationships, why invitees stayed away),
+        written to RUN/interviews.json, and the measurement table (ground truth beside interviews)."""
+        from simulacra.run import Run
+        from simulacra.storage import RunError
+
+        async def main():
+            run_ = Run.open(run_dir)
+            try:
+                _summary(run_, await _interview(run_))
+            finally:
+                await run_.aclose()
+
+        try:
+            asyncio.run(main())
+        except RunError as exc:
+            _fail(str(exc))
 
     @app.command(name="interview")
     def interview_cmd(

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import NaiveDatetime
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from simulacra.agents.memory import MemoryRecord, MemoryStore
 from simulacra.inference.recording import CallRecord
@@ -246,6 +246,11 @@ class RunStore:
         if row is None:
             raise KeyError(f"step {step} is not in {self.path}")
         return row
+
+    def wall_s(self) -> float:
+        """Wall seconds of every committed step (a resumed run's summary counts its earlier sessions)."""
+        with Session(self.engine) as s:
+            return float(s.exec(select(func.sum(StepRow.wall_s))).one() or 0.0)
 
     def frame_at(self, step: int) -> dict:
         return json.loads(self.step_row(step).frame)

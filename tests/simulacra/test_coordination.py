@@ -1,0 +1,117 @@
+"""Coordination, the paper's third measure: who of the invited came, and why the others did not,
+by ground truth (their plans and whereabouts in run.db) and by interview."""
+
+import asyncio
+from datetime import timedelta
+
+from simulacra.inference.fake import ScriptedLLM
+from simulacra.metrics import coordination, interview_coordination, planned_to_attend, whereabouts
+from simulacra.run import Run
+from simulacra.scenario import load_scenario
+from simulacra.simulation import Simulation
+
+from ..agents.fakes import WordEmbedder, by_kind
+
+TOWN3 = "scenarios/town3.yaml"
+
+
+class StubStore:
+    """The two reads the coordination measure makes of run.db: logged events and stored frames."""
+
+    def __init__(self, events: list[dict], frames: dict[int, list[dict]]) -> None:
+        self._events, self._frames = events, frames
+
+    def events(self) -> list[dict]:
+        return self._events
+
+    def frame_at(self, step: int) -> dict:
+        return {"residents": self._frames.get(step, [])}
+
+
+def slot(start: str, end: str, place: str) -> dict:
+    return {"start": start, "end": end, "activity": "x", "place": place, "emoji": ""}
+
+
+def sim_at_step(steps: int, answers: dict | None = None) -> Simulation:
+    sim = Simulation(load_scenario(TOWN3), llm=ScriptedLLM(by_kind(answers)), embedder=WordEmbedder(), seed=1)
+    sim.town.steps = steps  # the clock is a function of the step count
+    return sim
+
+
+def test_planned_means_a_plan_of_that_day_puts_them_at_the_place_during_the_hours() -> None:
+    sim = sim_at_step(80)
+    ev = sim.scenario.definition.events[0]  # Coffee tasting, Pell Café, 17:00-18:00 on the first day
+    clock = sim.town.clock
+    morning = clock.step_of(ev.start - timedelta(hours=8))
+    during, after = clock.step_of(ev.start), clock.step_of(ev.end)
+    store = StubStore(
+        [
+            {"step": morning, "kind": "day_plan", "resident": "A", "schedule": [slot("16:30", "17:30", "Pell Café")]},
+            {"step": morning, "kind": "day_plan", "resident": "B", "schedule": [slot("09:00", "10:00", "Pell Café")]},
+            # C planned the café, then re-planned the day elsewhere: the last plan counts
+            {"step": morning, "kind": "day_plan", "resident": "C", "schedule": [slot("17:00", "18:00", "Pell Café")]},
+            {"step": morning + 1, "kind": "day_plan", "resident": "C", "schedule": [slot("17:00", "18:00", "home")]},
+            # D's hour plan sends it to a room of the café for ten minutes of the event
+            {"step": during, "kind": "hour_plan", "resident": "D", "actions": [slot("17:10", "17:20", "Pell Café: b")]},
+            # E only decides to go after the event is over
+            {"step": after, "kind": "hour_plan", "resident": "E", "actions": [slot("17:30", "17:40", "Pell Café")]},
+            # F's slot ends exactly when the event starts
+            {"step": morning, "kind": "day_plan", "resident": "F", "schedule": [slot("16:00", "17:00", "Pell Café")]},
+        ],
+        {},
+    )
+    assert planned_to_attend(store, sim, ev) == {"A", "D"}
+
+
+def test_whereabouts_is_what_each_resident_mostly_did_during_the_event() -> None:
+    sim = sim_at_step(80)
+    ev = sim.scenario.definition.events[0]
+    first, end = sim.town.clock.step_of(ev.start), sim.town.clock.step_of(ev.end)
+    frames = {
+        s: [
+            {"name": "A", "activity": "tasting" if s < end - 1 else "walking", "place": "Pell Café"},
+            {"name": "B", "activity": "working", "place": "Hale Workshop"},
+        ]
+        for s in range(first, end)
+    }
+    frames[first - 1] = [{"name": "A", "activity": "walking", "place": "street"}] * 20  # before: ignored
+    assert whereabouts(StubStore([], frames), sim, ev) == {"A": "tasting (Pell Café)", "B": "working (Hale Workshop)"}
+
+
+def test_absent_invitees_get_ground_truth_and_an_interview() -> None:
+    def answer(prompt, schema):
+        return {"answer": "I had to work late." if "You are Ada Quill" in prompt else "I forgot about it."}
+
+    sim = sim_at_step(80, {"Answer": answer})
+    ev = sim.scenario.definition.events[0]
+    names = [r.name for r in sim.residents]
+    host = ev.host
+    guests = [n for n in names if n != host]
+    # both guests heard of the tasting in the morning; nobody went
+    facts = sim.society.facts
+    facts.seed(0, sim.town.clock.at(0))
+    assert {p.learner for p in facts.hear(host, guests, "Come to my tasting!", 1, sim.town.clock.at(1))} == set(guests)
+    store = StubStore(
+        [{"step": 1, "kind": "day_plan", "resident": guests[0], "schedule": [slot("17:00", "18:00", "Pell Café")]}],
+        {s: [{"name": n, "activity": "reading", "place": "home"} for n in names] for s in range(60, 80)},
+    )
+    c = coordination(sim, store)["party"]
+    assert c["invited"] == sorted(guests) and c["attended"] == []  # the host is not an invitee
+    assert c["absent"][guests[0]] == {"planned": True, "where": "reading (home)"}
+    assert c["absent"][guests[1]]["planned"] is False
+    said = asyncio.run(interview_coordination(sim, {"party": c}))["party"]
+    assert set(said["answers"]) == set(c["absent"])
+    conflict = {n for n, a in said["answers"].items() if a["names_conflict"]}
+    assert conflict == {"Ada Quill"}
+
+
+def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None:
+    run = Run.create(TOWN3, out=tmp_path, seed=3, hours=0.5, llm=ScriptedLLM(by_kind()), embedder=WordEmbedder())
+    asyncio.run(run.arun())
+    from simulacra.metrics import interview_all
+
+    got = asyncio.run(interview_all(run.sim, run.store))
+    asyncio.run(run.aclose())
+    assert set(got) == {"facts", "relationships", "coordination"}
+    assert set(got["coordination"]) == {"party"}  # the event has not begun: nobody is absent yet
+    assert got["coordination"]["party"]["answers"] == {}
