@@ -14,6 +14,8 @@ from torch import Tensor
 
 from simulacra.inference.port import SamplingParams
 
+NUCLEUS_PROBE = 256  # candidates ranked before falling back to a full sort (filter_logits)
+
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A request's own random stream, on the device its logits live on (torch samples there)."""
@@ -26,12 +28,18 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass before it already reaches top_p (the first token always stays)
-        drop = (probs.cumsum(-1) - probs) >= top_p
-        logits = logits.clone()
-        logits[order[drop]] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        # The nucleus is nearly always inside the top few hundred tokens (a grammar mask or a peaked
+        # distribution): rank those only, and sort the whole vocabulary (~5 ms for 49k) only when
+        # they do not hold top_p of the mass. Same tokens kept either way.
+        top, order = torch.topk(probs, min(NUCLEUS_PROBE, probs.shape[-1]))
+        if float(top.sum()) < top_p:
+            top, order = torch.sort(probs, descending=True)
+        # keep a token while the mass before it is below top_p (the first token always stays)
+        keep = order[(top.cumsum(-1) - top) < top_p]
+        out = torch.full_like(logits, float("-inf"))
+        out[keep] = logits[keep]
+        return out
     return logits
 
 
