@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import json
 import platform
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -153,22 +154,24 @@ class Run:
         store = RunStore(path, create=True)
         shutil.copyfile(scenario_path, path / "scenario.yaml")
         model_path = _model_path(llm, backend)
+        model_sha256 = file_sha256(model_path) if model_path else ""
         settings = {
             "backend": asdict(backend),
+            "engine": _engine_settings(llm),
             "mind": _config_json(config),
             "hours": hours,
-            "versions": {"simulacra": simulacra.__version__, "python": platform.python_version()},
+            "versions": _versions(),
             "argv": sys.argv,
         }
         store.start(
             scenario=d.name,
             seed=seed,
             model=model_path,
-            model_sha256=file_sha256(model_path) if model_path else "",
+            model_sha256=model_sha256,
             settings=settings,
             steps_target=target,
         )
-        meta = {"scenario": d.name, "seed": seed, "model": model_path, **settings}
+        meta = {"scenario": d.name, "seed": seed, "model": model_path, "model_sha256": model_sha256, **settings}
         (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         records: list[CallRecord] = []
         sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=seed, config=config)
@@ -310,6 +313,27 @@ def _model_path(llm: LLM, backend: Backend) -> str:
     lm = getattr(llm, "lm", None)
     path = getattr(getattr(lm, "info", None), "path", None)
     return str(path) if path else backend.model
+
+
+def _engine_settings(llm: LLM) -> dict[str, Any]:
+    """The local engine's configuration, compute dtype and device (what else decides its outputs)."""
+    config, lm = getattr(llm, "config", None), getattr(llm, "lm", None)
+    if config is None or lm is None or not is_dataclass(config):
+        return {}
+    return {**asdict(config), "dtype": str(lm.model.dtype).removeprefix("torch."), "device": str(llm.device)}
+
+
+VERSIONED = ("torch", "numpy", "numba", "mesa", "llguidance", "tokenizers", "sqlmodel", "pydantic", "websockets")
+
+
+def _versions() -> dict[str, str]:
+    out = {"simulacra": simulacra.__version__, "python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _config_json(config: MindConfig) -> dict[str, Any]:

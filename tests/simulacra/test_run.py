@@ -235,4 +235,28 @@ async def test_runs_lists_status(tmp_path) -> None:
     await run.aclose()
     r = CliRunner().invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "paused" in r.output and "1/6" in r.output
-    assert json.loads((run.dir / "meta.json").read_text())["seed"] == 7
+    meta = json.loads((run.dir / "meta.json").read_text())
+    assert meta["seed"] == 7 and meta["backend"]["kind"] == "custom" and meta["engine"] == {}
+    import mesa
+    import torch
+
+    assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["mesa"] == mesa.__version__
+
+
+def test_metadata_names_the_engine_settings_that_decide_its_outputs(tmp_path) -> None:
+    from gguf import GGMLQuantizationType as Q
+
+    from simulacra.inference.engine import Engine, EngineConfig
+    from simulacra.inference.loader import default_dtype
+    from simulacra.run import _engine_settings
+    from tests.inference.gguf_writer import write_gguf
+    from tests.inference.tiny_models import build_reference, save_reference
+
+    save_reference(build_reference("olmoe", seed=5), tmp_path / "hf")
+    engine = Engine(write_gguf(tmp_path / "hf", tmp_path / "m.gguf", Q.Q8_0, tokenizer=True), EngineConfig(seed=3))
+    try:
+        got = _engine_settings(engine)
+    finally:
+        asyncio.run(engine.aclose())
+    assert got["seed"] == 3 and got["device"] == "cpu" and got["block_size"] == 16
+    assert got["dtype"] == str(default_dtype()).removeprefix("torch.")
