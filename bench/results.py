@@ -35,6 +35,45 @@ def series(store: RunStore, names: list[str], every_steps: int) -> list[dict]:
     return [{"step": s, **{n: table[n].get(s) for n in names}} for s in keep]
 
 
+def cost_table(store: RunStore, sim, every_hours: float) -> list[str]:  # noqa: ANN001 - a Simulation
+    """Wall time, calls and tokens per block of simulated hours, with the running total of wall time."""
+    from sqlmodel import Session, select
+
+    from simulacra.storage import CallRow, StepRow
+
+    mps = sim.town.clock.minutes_per_step
+    per = max(1, round(every_hours * 60 / mps))
+    with Session(store.engine) as s:
+        walls = {r.step: r.wall_s for r in s.exec(select(StepRow)).all()}
+        cols = (CallRow.step, CallRow.prompt_tokens, CallRow.cached_tokens, CallRow.completion_tokens)
+        calls = s.exec(select(*cols)).all()
+    blocks: dict[int, list[float]] = {}
+    for step, wall in walls.items():
+        if step:
+            blocks.setdefault((step - 1) // per, [0.0, 0, 0, 0, 0])[0] += wall
+    for step, prompt, cached, completion in calls:
+        b = blocks.setdefault((max(step, 1) - 1) // per, [0.0, 0, 0, 0, 0])
+        b[1] += 1
+        b[2] += prompt
+        b[3] += cached
+        b[4] += completion
+    lines = [
+        "| sim hours | wall s | wall total (min) | LLM calls | prompt tokens | cached | completion tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    total = 0.0
+    for b in sorted(blocks):
+        wall, n, prompt, cached, completion = blocks[b]
+        total += wall
+        lo = sim.town.clock.at(b * per)
+        hi = sim.town.clock.at(min((b + 1) * per, sim.town.steps))
+        lines.append(
+            f"| {lo:%a %H:%M}–{hi:%H:%M} | {wall:,.0f} | {total / 60:.1f} | {n:,} | {prompt:,} | "
+            f"{cached / max(prompt, 1):.0%} | {completion:,} |"
+        )
+    return lines
+
+
 def main(run_dir: Path, every_hours: float) -> str:
     store = RunStore(run_dir)
     info, meta = store.info(), json.loads((run_dir / "meta.json").read_text())
@@ -64,6 +103,7 @@ def main(run_dir: Path, every_hours: float) -> str:
             f"| {sim.town.clock.at(row['step']):%a %H:%M} | " + " | ".join(cells)
             + f" | {row['density']:.3f} | {int(row['conversations'] or 0)} |"
         )
+    lines += ["", *cost_table(store, sim, every_hours)]
     lines += ["", "| measure | Park et al. (25 agents, 2 days) | this run |", "|---|---|---|"]
     table = summary(sim, run.first_metrics, run.wall_s, interviews, store)
     for f in facts:
