@@ -56,13 +56,19 @@ async def _drive(run, view: bool, interview: bool, steps: int | None = None) -> 
     )
     task = bar.add_task("sim", total=run.steps_target, completed=run.sim.town.steps, info="")
 
+    per_hour = max(1, round(60 / run.sim.town.clock.minutes_per_step))
+
     def on_step(p) -> None:  # noqa: ANN001
         eta = "?" if math.isnan(p.eta_s) else f"{p.eta_s / 60:.1f} min"
         info = (
-            f"{p.step_s:.1f}s/step · {p.calls} calls · {p.tokens_per_s:.0f} tok/s · batch {p.batch:.1f} · "
-            f"cache {p.hit_rate:.0%} · ETA {eta}"
+            f"{p.steps_per_s:.2f} steps/s ({p.step_s:.1f}s last) · {p.calls} calls · {p.tokens_per_s:.0f} tok/s · "
+            f"batch {p.batch:.1f} · cache {p.hit_rate:.0%} · ETA {eta}"
         )
         bar.update(task, completed=p.step, description=f"{p.sim_time:%a %H:%M}", info=info)
+        if not console.is_terminal and (p.step % per_hour == 0 or p.step == p.steps_target):
+            # a log file gets no live bar: one plain line per simulated hour instead
+            line = f"{p.sim_time:%a %H:%M} step {p.step}/{p.steps_target} · {info}"
+            console.print(line, highlight=False, soft_wrap=True)
         if server is not None:
             server.source.record()
             server.publish(p.step)

@@ -260,3 +260,13 @@ def test_metadata_names_the_engine_settings_that_decide_its_outputs(tmp_path) ->
         asyncio.run(engine.aclose())
     assert got["seed"] == 3 and got["device"] == "cpu" and got["block_size"] == 16
     assert got["dtype"] == str(default_dtype()).removeprefix("torch.")
+
+
+def test_a_log_file_gets_one_progress_line_per_simulated_hour(tmp_path, capsys) -> None:
+    from simulacra.run_cli import _drive
+
+    run = asyncio.run(make_run(tmp_path, hours=2.0))
+    asyncio.run(_drive(run, view=False, interview=False))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " step " in ln and "steps/s" in ln]
+    assert [ln.split(" step ")[1].split(" ")[0] for ln in lines] == ["6/12", "12/12"]
+    assert all("calls" in ln and "ETA" in ln for ln in lines)
