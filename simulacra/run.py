@@ -257,18 +257,26 @@ class Run:
                 if between is not None:
                     await between()
         except (KeyboardInterrupt, asyncio.CancelledError):
+            saved = self._saved_step()
             self.store.set_status(
-                "interrupted", f"stopped after step {self.sim.town.steps}; continue with `simulacra resume {self.dir}`"
+                "interrupted",
+                f"stopped during step {saved + 1}; steps up to {saved} are saved; "
+                f"continue with `simulacra resume {self.dir}`",
             )
             raise
         except RunError as exc:
             self._try_status("failed", str(exc))
             raise
         except Exception as exc:
-            self._try_status("failed", f"{type(exc).__name__}: {exc} (after step {self.sim.town.steps})")
+            self._try_status("failed", f"{type(exc).__name__}: {exc} (in step {self._saved_step() + 1})")
             raise
         status = "finished" if self.sim.town.steps >= self.steps_target else "paused"
         self.store.set_status(status, "")
+
+    def _saved_step(self) -> int:
+        """The last committed step (the town in memory may be a step further, uncommitted)."""
+        last = self.store.last_step()
+        return last.step if last is not None else 0
 
     def _try_status(self, status: str, message: str) -> None:
         try:

@@ -216,6 +216,7 @@ async def test_ctrl_c_mid_step_leaves_whole_steps_and_says_how_to_resume(tmp_pat
     info = RunStore(run.dir).info()
     assert info.status == "interrupted" and "simulacra resume" in info.message
     assert info.steps_done == in_progress - 1 == RunStore(run.dir).last_step().step
+    assert f"stopped during step {in_progress}; steps up to {info.steps_done} are saved" in info.message
     await run.aclose()
 
 
