@@ -113,9 +113,12 @@ class Citizen(Resident):
 
         Shared state (the conversation this resident is in, which memories await a score) is read
         before the first ``await``, while every resident still sees the step's starting state; after
-        that a resident only reads its own state. New memories are scored for importance alongside
-        the step's decisions (so every resident's first call joins the same batch) and the scores
-        are applied at the end. Together this makes a run independent of which call finished first.
+        that a resident only reads its own state, or, in a conversation it started, its partner's
+        memories. New memories are scored for importance alongside the step's decisions (so every
+        resident's first call joins the same batch), and the society applies every resident's
+        scores together once the whole step has been decided (``Society.end_step``): a partner's
+        scores never land in the middle of a conversation at a moment set by which call finished
+        first. Together this makes a run independent of call timing.
         """
         soc = self.society
         begin_step(self.town, soc)
@@ -128,8 +131,7 @@ class Citizen(Resident):
         await soc.embed_new()
         scoring = asyncio.gather(*(soc.importance(m.text) for m in todo))
         actions = await self.decide(minute, awake, conv)
-        for m, score in zip(todo, await scoring, strict=True):
-            self.stream.set_importance(m, score)
+        soc.score_at_step_end(self.index, self.stream, todo, await scoring)
         return actions
 
     async def decide(self, minute: int, awake: bool, conv: Conversation | None) -> list[Action]:
@@ -503,6 +505,7 @@ def begin_step(town: Town, society: Society) -> None:
     """Once per step, before any resident thinks: start the conversations asked for last step."""
     if society.step == town.steps:
         return
+    society.end_step()  # the last step's scores, if its caller did not apply them (Simulation does)
     society.step, society.now = town.steps, town.now
     minute = town.clock.minute_of_day(town.steps)
 

@@ -28,7 +28,7 @@ from simulacra.inference.recording import call_meta
 from . import prompts
 from .conversation import Conversations
 from .facts import FactTracker, TrackedFact
-from .memory import MemoryStore
+from .memory import Memory, MemoryStore, MemoryStream
 from .retrieval import RetrievalWeights
 from .schemas import Importance
 
@@ -143,6 +143,7 @@ class Society:
         self._importance_pending: dict[str, asyncio.Future] = {}
         self._embed_flush: asyncio.Future | None = None
         self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
+        self._scores: list[tuple[int, MemoryStream, list[Memory], list[int]]] = []  # applied by end_step
         self.busy: frozenset[str] = frozenset()  # residents in a conversation at the start of the step
 
     # ---- LLM calls -----------------------------------------------------------------------------
@@ -206,6 +207,22 @@ class Society:
             pending.set_result(value)
             return value
         return await pending
+
+    def score_at_step_end(self, index: int, stream: MemoryStream, memories: list[Memory], scores: list[int]) -> None:
+        """Hold a resident's importance scores until ``end_step``, so no one sees them mid-step."""
+        self._scores.append((index, stream, memories, list(scores)))
+
+    def end_step(self) -> None:
+        """Once every resident has decided: apply the step's importance scores in resident order.
+
+        Applying them as each resident's own calls returned made a partner's retrieval in a
+        conversation depend on which call finished first (a replay, whose calls return at once,
+        retrieved other memories than the recorded run: a `ReplayMissError`).
+        """
+        for _, stream, memories, scores in sorted(self._scores, key=lambda x: x[0]):
+            for m, score in zip(memories, scores, strict=True):
+                stream.set_importance(m, score)
+        self._scores.clear()
 
     def importance_prior(self, text: str) -> float:
         """1..10 from how much closer ``text`` is to poignant than to routine prototypes (MiniLM cosine)."""

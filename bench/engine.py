@@ -17,13 +17,13 @@ import argparse
 import asyncio
 import datetime
 import json
-import platform
 import random
 import time
 from pathlib import Path
 from typing import Literal
 
 import torch
+from machine import describe  # bench/machine.py: scripts run with bench/ on sys.path
 from pydantic import BaseModel, Field
 
 from simulacra.inference.engine import Engine, EngineConfig
@@ -185,8 +185,9 @@ def table(results: dict) -> str:
             f"mask time {s['mask_seconds']:.2f} s of {s['step_seconds']:.1f} s of steps "
             f"({s['mask_overhead']:.1%}).",
             "",
-            f"Batch variance (greedy, {v['tokens']} tokens, fp32): {v['greedy_outputs_changed']} of {v['requests']} "
-            f"outputs changed when run inside a batch of {v['batch_size']} instead of alone.",
+            f"Batch variance (greedy, {v['tokens']} tokens, {meta['dtype']}): "
+            f"{v['greedy_outputs_changed']} of {v['requests']} outputs changed when run inside a batch of "
+            f"{v['batch_size']} instead of alone.",
         ]
     )
 
@@ -234,7 +235,7 @@ def main() -> None:
     results["meta"] = {
         "command": "make bench-engine",
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": describe(),
         "model": path.name,
         "dtype": str(lm.model.dtype),
         "npp": args.npp,

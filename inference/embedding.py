@@ -5,8 +5,12 @@ so cosine similarity between two rows is a dot product. We run it ourselves rath
 `transformers` / `sentence_transformers` to keep the runtime dependency set to torch, safetensors and
 tokenizers, and to keep the whole forward pass readable in one screen.
 
-Texts are tokenised once, sorted by token count and batched so that each batch pads only to its own
-longest text; results are cached per distinct text, because agents re-embed the same memories often.
+Each text runs through the model on its own (a batch of one, nothing padded), so its vector is a
+function of the text alone, bit for bit, whatever other texts were embedded with it. Padded batches
+changed the last bits of about half the vectors (1e-7), and batching only texts of equal length still
+changed some (the matmuls' row count changes their kernels): enough to reorder near-tied memories in
+retrieval, so a replay or a resumed run retrieved other memories than the recorded run. Results are
+cached per distinct text, because agents re-embed the same memories often.
 """
 
 from __future__ import annotations
@@ -225,12 +229,10 @@ class Embedder:
         self._lock = threading.Lock()
         self.texts_encoded = 0  # texts that went through the model (cache misses), for tests and stats
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], rows L2-normalised, in input order; repeated texts hit the cache."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         with self._lock:
             known: dict[str, np.ndarray] = {}
             missing: list[str] = []
@@ -241,7 +243,8 @@ class Embedder:
                 else:
                     self._cache.move_to_end(text)
                     known[text] = row
-            fresh = self._encode(missing, batch_size)
+            fresh = {text: self._encode(text) for text in missing}
+            self.texts_encoded += len(missing)
             out = np.empty((len(texts), self.dim), dtype=np.float32)
             for i, text in enumerate(texts):
                 out[i] = known[text] if text in known else fresh[text]
@@ -252,31 +255,12 @@ class Embedder:
                     self._cache.popitem(last=False)
         return out
 
-    def _encode(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
-        """Run the model over distinct texts, batched by token count so padding stays small."""
-        if not texts:
-            return {}
-        ids = [enc.ids for enc in self._tokenizer.encode_batch(texts)]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        result: dict[str, np.ndarray] = {}
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                batch = np.zeros((len(chunk), width), dtype=np.int64)  # pad value is masked out
-                mask = np.zeros((len(chunk), width), dtype=bool)
-                for row, i in enumerate(chunk):
-                    batch[row, : len(ids[i])] = ids[i]
-                    mask[row, : len(ids[i])] = True
-                mask_t = torch.from_numpy(mask)
-                hidden = self._model(torch.from_numpy(batch), mask_t)
-                weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                vectors = F.normalize(pooled, p=2, dim=1).numpy()
-                for row, i in enumerate(chunk):
-                    result[texts[i]] = vectors[row].copy()
-        self.texts_encoded += len(texts)
-        return result
+    @torch.inference_mode()
+    def _encode(self, text: str) -> np.ndarray:
+        """One text through the model alone: mean over its tokens, L2-normalised."""
+        ids = torch.tensor([self._tokenizer.encode(text).ids], dtype=torch.long)
+        hidden = self._model(ids, torch.ones(ids.shape, dtype=torch.bool))
+        return F.normalize(hidden.mean(1), p=2, dim=1)[0].numpy().copy()
 
 
 _INSTANCES: dict[Path, Embedder] = {}

@@ -83,6 +83,7 @@ class Simulation:
 
     async def astep(self) -> None:
         await self.town.astep()
+        self.society.end_step()
         self._note_attendance()
 
     def _note_attendance(self) -> None:
