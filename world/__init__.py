@@ -4,8 +4,7 @@ Independent of any language model and of the rest of ``simulacra``: the scenario
 (``simulacra.scenario``) builds a ``Town`` from these types. See docs/WORLD.md.
 """
 
-from .clock import Clock, format_minutes, parse_time_of_day
-from .model import (
+from .agents import (
     Action,
     GoTo,
     RelationSpec,
@@ -14,8 +13,9 @@ from .model import (
     Routine,
     SetActivity,
     SetObjectState,
-    Town,
 )
+from .clock import Clock, format_minutes, parse_time_of_day
+from .model import Town
 from .pathfinding import Pathfinder, astar, bfs_field, descend
 from .perception import Perception, Seen, perceive, perceive_bruteforce
 from .social import SocialGraph

@@ -69,10 +69,6 @@ class Clock:
         minutes = (when - self.start).total_seconds() / 60
         return max(0, -int(-minutes // self.minutes_per_step))
 
-    def steps_for(self, duration: timedelta) -> int:
-        """How many steps cover ``duration`` (rounded up)."""
-        return -int(-(duration.total_seconds() / 60) // self.minutes_per_step)
-
     def minute_of_day(self, steps: int) -> int:
         """Minutes after midnight at ``steps``."""
         t = self.at(steps)

@@ -138,6 +138,10 @@ def astar(
     the deepest of equal-f nodes first. ``g``/``parent``/``stamp`` are scratch arrays the size of the
     grid, reused between calls (entries count only where ``stamp == mark``); ``pool_*`` hold the
     bucket entries as linked lists.
+
+    Longer than 80 lines on purpose: it is one numba kernel whose search loop keeps the queue, the
+    scratch arrays and the pool growth in local variables; split into helpers it would pass a dozen
+    arrays per call in the innermost loop.
     """
     n = walkable.size
     if not walkable[src]:

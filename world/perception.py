@@ -70,7 +70,19 @@ def _insert(kinds, idxs, d2s, count, bandwidth, d2, kind, idx):
 
 
 @njit(cache=True)
-def perceive(xs, ys, areas, active, oxs, oys, oareas, radius, bandwidth, width, height):
+def perceive(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    areas: np.ndarray,
+    active: np.ndarray,
+    oxs: np.ndarray,
+    oys: np.ndarray,
+    oareas: np.ndarray,
+    radius: int,
+    bandwidth: int,
+    width: int,
+    height: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each resident: kinds, indices and squared distances of what it sees (row padded with -1)."""
     n = xs.size
     kinds = np.full((n, bandwidth), -1, np.int8)
@@ -123,7 +135,17 @@ def perceive(xs, ys, areas, active, oxs, oys, oareas, radius, bandwidth, width, 
     return kinds, idxs, d2s, counts
 
 
-def perceive_bruteforce(xs, ys, areas, active, oxs, oys, oareas, radius, bandwidth):
+def perceive_bruteforce(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    areas: np.ndarray,
+    active: np.ndarray,
+    oxs: np.ndarray,
+    oys: np.ndarray,
+    oareas: np.ndarray,
+    radius: int,
+    bandwidth: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The same result by checking every pair with numpy: the reference the kernel is tested against."""
     n = len(xs)
     kinds = np.full((n, bandwidth), -1, np.int8)

@@ -32,10 +32,6 @@ class SocialGraph:
             if name not in self.graph:
                 raise KeyError(f"{name!r} is not a resident of this town")
 
-    def add_person(self, name: str) -> None:
-        """Add a resident with no acquaintances."""
-        self.graph.add_node(name)
-
     def knows(self, a: str, b: str) -> bool:
         """Whether ``a`` knows ``b`` (directed)."""
         return self.graph.has_edge(a, b)

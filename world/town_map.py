@@ -184,8 +184,6 @@ class TownMap:
         self._by_name: dict[str, tuple[str, int]] = {}
         self._by_folded: dict[str, tuple[str, int]] = {}
 
-    # ---- building -------------------------------------------------------------------------------
-
     @classmethod
     def build(cls, spec: MapSpec) -> TownMap:
         """Build and check a map; raises ``MapError`` listing every problem found at the first failing stage."""
@@ -561,8 +559,6 @@ class TownMap:
                 problems.append(MapProblem(oloc, f"'{obj.name}' cannot be reached from the spawn point at {origin}"))
         self.reachable = dist >= 0
 
-    # ---- queries --------------------------------------------------------------------------------
-
     def xy(self, tile: int) -> tuple[int, int]:
         """``(x, y)`` of a flat tile index."""
         return tile % self.width, tile // self.width
@@ -611,13 +607,6 @@ class TownMap:
                 continue
             out.append(p.name)
         return out
-
-    def object_names(self, place: str | None = None) -> list[str]:
-        """Full names of all objects, or of those inside ``place`` (an area includes its rooms)."""
-        if place is None:
-            return [o.name for o in self.objects]
-        p = self.place(place)
-        return [o.name for o in self.objects if o.place == p.id or (p.depth == 0 and o.area == p.id)]
 
     def to_json(self) -> dict:
         """What a viewer needs to draw the map: the grid, what each character means, places and objects."""

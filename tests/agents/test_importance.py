@@ -2,9 +2,13 @@
 
 import asyncio
 
+import pytest
+
 from simulacra.agents import MindConfig, Society
 from simulacra.inference.embedding import load_embedder
 from simulacra.inference.fake import ScriptedLLM
+
+pytestmark = pytest.mark.slow  # every test loads the packaged MiniLM embedder
 
 
 def society(weight: float, answer: int = 2, latency: float = 0.0) -> tuple[Society, ScriptedLLM]:

@@ -4,6 +4,7 @@ conversations, fact provenance, determinism, prompts."""
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from simulacra.agents import MindConfig
 from simulacra.agents.planning import slot_at
@@ -12,7 +13,7 @@ from simulacra.inference.port import RequestError
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 
-from .fakes import WordEmbedder, by_kind, fill
+from .fakes import WordEmbedder, by_kind
 
 TOWN3 = load_scenario("scenarios/town3.yaml")
 
@@ -241,10 +242,26 @@ async def test_asleep_residents_cost_nothing() -> None:
     assert all(r.activity in ("sleeping", "at home") or r.is_moving for r in sim.residents)
 
 
-def test_fill_helper_gives_valid_minimal_answers() -> None:
+def test_hour_plan_schema_holds_answers_to_the_residents_places_and_the_hours_grain() -> None:
     sim, _ = simulation()
     schema = sim.resident("Ada Quill").schemas.HourPlan
-    assert schema.model_validate(fill(schema.model_json_schema()))
+
+    def plan(*steps: tuple[int, str]) -> dict:
+        return {"actions": [{"minutes": m, "action": "tidy up", "emoji": "🧹", "place": p} for m, p in steps]}
+
+    steps = [(15, "Ash House"), (10, "Pell Café"), (5, "Pell Café:counter")]  # her home and public places
+    assert [(a.minutes, a.place) for a in schema.model_validate(plan(*steps)).actions] == steps
+    for bad in (
+        plan((15, "Birch House"), (15, "Pell Café")),  # someone else's home
+        plan((15, "Town Hall"), (15, "Pell Café")),  # no such place in town3
+        plan((20, "Ash House"), (15, "Pell Café")),  # steps are 5, 10 or 15 minutes
+        plan((15, "Ash House")),  # at least two steps
+        plan(*[(15, "Pell Green")] * 5),  # at most four
+    ):
+        with pytest.raises(ValidationError):
+            schema.model_validate(bad)
+    with pytest.raises(ValidationError):  # an action needs words
+        schema.model_validate({"actions": [{**plan((5, "Pell Green"))["actions"][0], "action": ""}] * 2})
 
 
 @pytest.mark.parametrize("name", ["Ada Quill", "Ben Quill"])

@@ -51,6 +51,7 @@ def reference(texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
 
 
+@pytest.mark.slow
 def test_matches_transformers_reference(embedder: Embedder) -> None:
     ours = embedder.embed(SENTENCES)
     ref = reference(SENTENCES)
@@ -63,6 +64,7 @@ def test_matches_transformers_reference(embedder: Embedder) -> None:
     assert len(embedder._tokenizer.encode(LONG).ids) == embedder.max_seq_length == 256
 
 
+@pytest.mark.slow
 def test_a_vector_depends_on_its_text_alone() -> None:
     """Bit for bit, whatever else is embedded in the same call and in what order (replay relies on it)."""
     fresh = Embedder(cache_size=0)  # no cache: every call runs the model
@@ -73,11 +75,13 @@ def test_a_vector_depends_on_its_text_alone() -> None:
     assert fresh.texts_encoded == 3 * len(set(SENTENCES))
 
 
+@pytest.mark.slow
 def test_semantics(embedder: Embedder) -> None:
     a, b, c = embedder.embed(["The café serves coffee", "Coffee is sold at the café", "The river flooded the meadow"])
     assert float(a @ b) > float(a @ c) + 0.2
 
 
+@pytest.mark.slow
 def test_cache_skips_the_model() -> None:
     fresh = Embedder(cache_size=3)
     first = fresh.embed(["apples", "pears", "apples"])
@@ -96,6 +100,7 @@ def test_cache_skips_the_model() -> None:
     np.testing.assert_array_equal(fresh.embed(["apples"])[0], first[0])
 
 
+@pytest.mark.slow
 def test_empty_input_and_memoised_loader(embedder: Embedder) -> None:
     assert embedder.embed([]).shape == (0, 384)
     assert embedder.dim == 384

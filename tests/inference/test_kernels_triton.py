@@ -1,25 +1,42 @@
 """The Triton fused-MoE kernel against the float64 reference: on a CUDA GPU when there is one, else on the
-CPU through Triton's interpreter (`TRITON_INTERPRET=1`). Skipped, saying why, without Triton."""
+CPU through Triton's interpreter (`TRITON_INTERPRET=1`, set only while this module imports Triton and
+while its tests run). Skipped, saying why, without Triton."""
 
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch
 
+from simulacra.inference import kernels
+from tests.inference.test_kernels import H, experts, max_err, reference64, routed
+
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is first imported: its kernels then run on CPU tensors
-
-pytest.importorskip("triton", reason="Triton is not installed (`pip install triton`); the GPU MoE kernel is unchecked")
-
-from simulacra.inference import kernels  # noqa: E402
-from tests.inference.test_kernels import H, experts, max_err, reference64, routed  # noqa: E402
-
-triton_experts = importlib.import_module("simulacra.inference.kernels.triton_moe").triton_experts
 DEVICE = "cuda" if CUDA else "cpu"
+NO_TRITON = "Triton is not installed (`pip install triton`); the GPU MoE kernel is unchecked"
+
+
+def _import_triton_experts():
+    """Without a GPU, Triton and the kernel module are imported with TRITON_INTERPRET=1: Triton reads it when
+    `@triton.jit` wraps a function (its own library's at `import triton`, ours at the kernel module's import),
+    which makes the kernels interpreted, on CPU tensors. The variable is put back straight after, so it does
+    not leak into the rest of the run (no other code imports Triton without a GPU)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        pytest.importorskip("triton", reason=NO_TRITON)
+        return importlib.import_module("simulacra.inference.kernels.triton_moe").triton_experts
+
+
+triton_experts = _import_triton_experts()
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    """Triton also reads TRITON_INTERPRET while interpreted kernels run: set for this module's tests only."""
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def on(*ts: torch.Tensor) -> list[torch.Tensor]:

@@ -9,6 +9,8 @@ from simulacra.inference.kvcache import ContiguousKV
 from simulacra.inference.loader import load_transformer
 from tests.inference.tiny_models import FAMILIES, build_reference, save_reference
 
+pytestmark = pytest.mark.slow  # transformers is the reference implementation here
+
 BATCHES = [[5], [3, 11, 1, 7], [16, 16]]  # ragged lengths included
 
 

@@ -2,10 +2,17 @@
 by ground truth (their plans and whereabouts in run.db) and by interview."""
 
 import asyncio
+import re
 from datetime import timedelta
 
 from simulacra.inference.fake import ScriptedLLM
-from simulacra.metrics import coordination, interview_coordination, planned_to_attend, whereabouts
+from simulacra.metrics import (
+    coordination,
+    interview_all,
+    interview_coordination,
+    planned_to_attend,
+    whereabouts,
+)
 from simulacra.run import Run
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
@@ -106,12 +113,48 @@ def test_absent_invitees_get_ground_truth_and_an_interview() -> None:
 
 
 def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None:
-    run = Run.create(TOWN3, out=tmp_path, seed=3, hours=0.5, llm=ScriptedLLM(by_kind()), embedder=WordEmbedder())
+    """07:00 to 18:00, through the whole tasting: Cora tells Ada about it at the café in the morning,
+    Ada's afternoon hour plans send her to the green instead, Ben never hears of it."""
+
+    def who(prompt: str) -> str:
+        return re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
+
+    def talk(prompt, schema):
+        return {"decision": "talk", "reason": "say hello"}
+
+    def says(prompt, schema):
+        line = "Come to my tasting at five!" if who(prompt) == "Cora Lind" else "Lovely, thank you."
+        return {"says": line, "end": False}
+
+    def hour(prompt, schema):
+        afternoon = int(re.search(r"It is (\d\d):", prompt).group(1)) >= 16
+        place = {"Cora Lind": "Pell Café", "Ada Quill": "Pell Green" if afternoon else "Pell Café:counter"}
+        step = {"minutes": 15, "action": "pruning roses", "emoji": "🌹", "place": place.get(who(prompt), "Ash House")}
+        return {"actions": [step] * 4}
+
+    def answer(prompt, schema):
+        if "why not" in prompt:
+            return {"answer": "No, I had to work late." if who(prompt) == "Ada Quill" else "I was there."}
+        return {"answer": "Cora's tasting at five." if who(prompt) != "Ben Quill" else "Nothing that I know of."}
+
+    script = by_kind({"Reaction": talk, "Utterance": says, "HourPlan": hour, "Answer": answer})
+    run = Run.create(TOWN3, out=tmp_path, seed=3, hours=11, llm=ScriptedLLM(script), embedder=WordEmbedder())
     asyncio.run(run.arun())
-    from simulacra.metrics import interview_all
+    ev = run.sim.scenario.definition.events[0]
+    assert run.sim.town.now == ev.end  # the run covered the whole event
+    truth = coordination(run.sim, run.store)["party"]
+    assert truth["invited"] == ["Ada Quill"] and truth["attended"] == []
+    assert truth["absent"] == {"Ada Quill": {"planned": False, "where": "pruning roses (Pell Green)"}}
 
     got = asyncio.run(interview_all(run.sim, run.store))
     asyncio.run(run.aclose())
     assert set(got) == {"facts", "relationships", "coordination"}
-    assert set(got["coordination"]) == {"party"}  # the event has not begun: nobody is absent yet
-    assert got["coordination"]["party"]["answers"] == {}
+    asked = got["facts"]["party"]["answers"]
+    assert set(asked) == {"Ada Quill", "Ben Quill", "Cora Lind"}
+    assert asked["Ben Quill"][0]["answer"] == "Nothing that I know of."
+    assert "Ben Quill" not in got["facts"]["party"]["knows"]
+    assert got["relationships"]["density"] > 0  # they all talked
+    said = got["coordination"]["party"]
+    assert said["question"] == "Did you go to Coffee tasting at Pell Café? If not, why not?"
+    # only the absent invitee is asked, and her answer names a conflict her plans did not show
+    assert said["answers"] == {"Ada Quill": {"answer": "No, I had to work late.", "names_conflict": True}}

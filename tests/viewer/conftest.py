@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -59,18 +57,6 @@ async def recv_type(ws, kind: str, timeout: float = 5.0) -> dict:
         if msg["type"] == kind:
             return msg
         assert msg["type"] in ("snapshot", "delta", "control"), msg
-
-
-async def interleaved_medians(
-    arms: dict[str, Callable[[], Awaitable[float]]], trials: int
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Run each arm once per trial, alternating the order; return each arm's median and all times."""
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    names = list(arms)
-    for t in range(trials):
-        for name in names if t % 2 == 0 else names[::-1]:
-            times[name].append(await arms[name]())
-    return {k: statistics.median(v) for k, v in times.items()}, times
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ async def wait_shown(page: Page, step: int) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_page_draws_inspects_scrubs_and_interviews(artifacts):
     exe = chromium()
     town = town25()
@@ -150,6 +151,7 @@ async def test_page_draws_inspects_scrubs_and_interviews(artifacts):
             await browser.close()
 
 
+@pytest.mark.slow
 async def test_page_renders_speech_conversations_social_and_controls(artifacts):
     exe = chromium()
     town = town25()

@@ -2,7 +2,8 @@
 
 The run is town25 with a stand-in mind whose ``think`` awaits a short sleep, as a resident awaits its
 batched LLM call: that is where a real step spends its time, and where the server does its work. The
-clients run in another process, so the time they spend parsing is not charged to the server.
+clients run in another process, so the time they spend parsing is not charged to the server. What
+fifty clients cost the run in time is measured by `make bench-viewer` (bench/viewer.py), not here.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 from simulacra.viewer.server import ViewerServer
 from simulacra.viewer.source import TownSource, run_town
 from simulacra.world import Resident
-from tests.viewer.conftest import interleaved_medians, town25
+from tests.viewer.conftest import town25
 
 CLIENTS = 50
 STEPS = 30
@@ -32,56 +32,28 @@ class WaitingResident(Resident):
         return self.routine_action()
 
 
-async def run_with_clients(clients: int) -> tuple[float, list[dict], int]:
+async def test_fifty_clients_get_every_delta_in_order_to_the_last_step():
     town = town25(resident_class=WaitingResident)
     src = TownSource(town)
     async with ViewerServer(src) as server:
-        proc = None
-        if clients:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.viewer.ws_clients", server.ws_url, str(clients),
-                cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            )
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line.strip() == b"ready", line
-        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.viewer.ws_clients", server.ws_url, str(CLIENTS),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.strip() == b"ready", line
+        start = server.seq
         assert await run_town(src, STEPS, server=server) == STEPS
-        elapsed = time.perf_counter() - t0
-        assert await server.flush(10)
+        assert await server.flush(30)  # every client's queue went out
         await asyncio.sleep(0.2)  # the last deltas leave the socket buffers
         final_seq = server.seq
-    results = []
-    if proc is not None:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        results = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
-        assert proc.returncode == 0
-    return elapsed, results, final_seq
-
-
-async def test_fifty_clients_get_every_delta_and_do_not_slow_the_run(capsys):
-    checked = []
-
-    async def none() -> float:
-        return (await run_with_clients(0))[0]
-
-    async def fifty() -> float:
-        elapsed, results, final_seq = await run_with_clients(CLIENTS)
-        assert len(results) == CLIENTS
-        for r in results:
-            assert r["errors"] == [], r
-            assert r["last_seq"] == final_seq and r["last_step"] == STEPS
-            assert r["deltas"] + r["resyncs"] >= 1 and r["snapshots"] >= 1
-        checked.append(sum(r["deltas"] for r in results))
-        return elapsed
-
-    for attempt in range(3):  # a noisy shared machine can spoil one measurement, not three
-        med, times = await interleaved_medians({"none": none, "fifty": fifty}, trials=3)
-        slowdown = med["fifty"] / med["none"] - 1
-        with capsys.disabled():
-            print(f"\n[viewer] {CLIENTS} clients, town25, {STEPS} steps with {INFERENCE_S * 1000:.0f} ms inference: "
-                  f"none {med['none']:.3f}s, {CLIENTS} clients {med['fifty']:.3f}s, slowdown {slowdown:+.1%}, "
-                  f"deltas received per trial {checked[-3:]} (attempt {attempt + 1})")
-        if slowdown <= 0.10:
-            break
-    assert slowdown <= 0.10, times
-    assert max(checked) >= CLIENTS * STEPS * 0.9  # nearly all of it went out as deltas, not snapshots
+        assert final_seq == start + STEPS and server.client_count == CLIENTS  # nobody was dropped
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    results = [json.loads(x) for x in out.decode().splitlines() if x.strip()]
+    assert len(results) == CLIENTS
+    for r in results:
+        assert r["errors"] == [], r  # every delta was the one after the last: no gap, no repeat
+        assert r["last_seq"] == final_seq and r["last_step"] == STEPS  # each ended on the last step
+        assert r["snapshots"] == 1 + r["resyncs"]  # the first snapshot, then only resyncs
+        assert r["deltas"] + r["resyncs"] >= 1  # it followed the run, by delta or by a fresh snapshot

@@ -28,7 +28,9 @@ def test_mesa_conventions(town3) -> None:
     assert all(isinstance(a, Resident) for a in town.agents)
     workers = town.agents.select(lambda a: a.workplace is not None)
     assert sorted(a.name for a in workers) == ["Ada Quill", "Cora Lind"]
-    assert town.agents_by_type[Resident] is not None
+    # Mesa indexes agents by class: the one class here holds all three residents, in id order
+    assert list(town.agents_by_type) == [Resident]
+    assert [a.name for a in town.agents_by_type[Resident]] == ["Ada Quill", "Ben Quill", "Cora Lind"]
     town.agents.shuffle_do("set_activity", "waving", "👋")  # any AgentSet method works on residents
     assert {a.activity for a in town.agents} == {"waving"}
     town.step()
@@ -188,13 +190,34 @@ def test_snapshot_and_delta_are_json(town25) -> None:
     assert {p["name"] for p in snap["map"]["places"]} >= {"Copper Kettle Café", "Copper Kettle Café:counter"}
     assert snap["map"]["legend"]["G"]["place"] == "Copper Kettle Café:counter"
     assert len(snap["residents"]) == 25 and {"x", "y", "activity", "emoji"} <= set(snap["residents"][0])
-    for _ in range(6):
+    for _ in range(3):
         town.step()
+    at3 = town.snapshot()
+    for _ in range(3):
+        town.step()
+    at6 = town.snapshot()
     delta = json.loads(json.dumps(town.delta(3)))
-    moved = {r["name"] for r in delta["residents"]}
-    assert "Mara Lindqvist" not in moved or delta["residents"]
-    assert delta["step"] == 6 and all(town.changed_step[town.resident(n).index] > 3 for n in moved)
-    assert json.dumps(town.delta(town.steps))  # nothing changed since now: still valid
+    assert delta["step"] == 6 and delta["since"] == 3 and "map" not in delta
+    # exactly the residents whose drawn state differs from step 3, each as the step-6 snapshot has it
+    differs = [now for then, now in zip(at3["residents"], at6["residents"], strict=True) if then != now]
+    assert differs and delta["residents"] == differs
+    assert "Mara Lindqvist" in {r["name"] for r in delta["residents"]}  # still walking to her bakery at 08:00
+    assert all(town.changed_step[town.resident(r["id"]).index] > 3 for r in delta["residents"])
+    assert delta["objects"] == [o for o, then in zip(at6["objects"], at3["objects"], strict=True) if o != then]
+    assert {k: delta[k] for k in ("time", "time_of_day", "density")} == {
+        k: at6[k] for k in ("time", "time_of_day", "density")
+    }
+    # nothing changed since now: the frame still carries the clock, but no residents and no objects
+    empty = json.loads(json.dumps(town.delta(town.steps)))
+    assert empty == {
+        "step": 6,
+        "since": 6,
+        "time": at6["time"],
+        "time_of_day": at6["time_of_day"],
+        "residents": [],
+        "objects": [],
+        "density": at6["density"],
+    }
 
 
 def test_removed_resident_leaves_the_town(town3) -> None:
