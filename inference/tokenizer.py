@@ -212,6 +212,35 @@ def _spelled_as_bytes(token: str) -> bytes:
         return token.encode("utf-8")
 
 
+def _byte_level_backend(
+    vocab: dict[str, int], merges: list | None, pre: str | None, path: str | Path
+) -> tuple[BackendTokenizer, str, bool]:
+    """A GPT-2 style byte-level BPE: (backend, spelling, whether BOS is added unless the file says)."""
+    ignore = pre in _IGNORE_MERGES_PRE
+    backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges or [], fuse_unk=False, ignore_merges=ignore))
+    backend.pre_tokenizer = _byte_level_pre_tokenizer(pre, path)
+    backend.decoder = decoders.ByteLevel()
+    # llama.cpp turns BOS on for Llama-3 style vocabularies unless the file says otherwise
+    return backend, "byte_level", pre in _IGNORE_MERGES_PRE
+
+
+def _sentencepiece_backend(
+    vocab: dict[str, int], merges: list, unk: str | None, add_prefix: bool
+) -> tuple[BackendTokenizer, str, bool]:
+    """A SentencePiece BPE with byte fallback: (backend, spelling, whether BOS is added unless the file says)."""
+    backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    # Spaces become "▁" and, as in llama.cpp and SentencePiece, every text segment (the start, and
+    # the text after each special token) gets one more in front, even if it starts with a space.
+    spaces = normalizers.Replace(" ", "\u2581")
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), spaces]) if add_prefix else spaces
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    backend.decoder = decoders.Sequence(steps)
+    # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
+    return backend, "sentencepiece", True
+
+
 class Tokenizer:
     """A fast tokenizer plus what the engine needs around it: BOS policy, stop ids, chat format, bytes."""
 
@@ -284,34 +313,13 @@ class Tokenizer:
         pre = meta.get("tokenizer.ggml.pre")
 
         if model_kind == "gpt2":
-            ignore = pre in _IGNORE_MERGES_PRE
-            backend = BackendTokenizer(
-                models.BPE(vocab=vocab, merges=merges or [], fuse_unk=False, ignore_merges=ignore)
-            )
-            backend.pre_tokenizer = _byte_level_pre_tokenizer(pre, path)
-            backend.decoder = decoders.ByteLevel()
-            spelling = "byte_level"
-            # llama.cpp turns BOS on for Llama-3 style vocabularies unless the file says otherwise
-            default_add_bos = pre in _IGNORE_MERGES_PRE
+            backend, spelling, default_add_bos = _byte_level_backend(vocab, merges, pre, path)
         else:
             if merges is None:
                 merges = _merges_from_scores(tokens, meta.get("tokenizer.ggml.scores") or [], types)
             unk = tokens[unk_id] if unk_id is not None else None
-            backend = BackendTokenizer(
-                models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
-            )
-            # Spaces become "▁" and, as in llama.cpp and SentencePiece, every text segment (the start, and
-            # the text after each special token) gets one more in front, even if it starts with a space.
             add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-            spaces = normalizers.Replace(" ", "\u2581")
-            backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), spaces]) if add_prefix else spaces
-            steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-            if add_prefix:
-                steps.append(decoders.Strip(content=" ", left=1, right=0))
-            backend.decoder = decoders.Sequence(steps)
-            spelling = "sentencepiece"
-            # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
-            default_add_bos = True
+            backend, spelling, default_add_bos = _sentencepiece_backend(vocab, merges, unk, add_prefix)
 
         # Control tokens (chat markers, BOS/EOS) and user-defined ones must be matched whole in text,
         # never cut into pieces by the regex; control ones are also what skip_special_tokens drops.

@@ -14,8 +14,6 @@ command line starts without loading torch.
 
 from __future__ import annotations
 
-import sys
-import types
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +23,13 @@ if TYPE_CHECKING:
     from simulacra.run import Run, replay
     from simulacra.scenario import Scenario, load_scenario
     from simulacra.simulation import Simulation
-    from simulacra.sweep import sweep
+    from simulacra.sweeps import sweep
 
 _LAZY = {
     "Simulation": "simulacra.simulation",
     "load_scenario": "simulacra.scenario",
     "Scenario": "simulacra.scenario",
-    "sweep": "simulacra.sweep",
+    "sweep": "simulacra.sweeps",
     "Run": "simulacra.run",
     "replay": "simulacra.run",
 }
@@ -62,15 +60,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``simulacra.sweep`` the function: importing the submodule of the same name would replace it."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "sweep" and isinstance(value, types.ModuleType):
-            return  # the module stays reachable as sys.modules["simulacra.sweep"] and by `from simulacra.sweep import`
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -27,9 +27,8 @@ def test_importing_the_package_loads_nothing_heavy() -> None:
 
 def test_lazy_names_are_the_real_objects() -> None:
     import simulacra
-    import simulacra.sweep  # the submodule of the same name must not hide the function
     from simulacra.simulation import Simulation as RealSimulation
-    from simulacra.sweep import sweep as real_sweep
+    from simulacra.sweeps import sweep as real_sweep
 
     assert Simulation is RealSimulation
     assert sweep is real_sweep and simulacra.sweep is real_sweep

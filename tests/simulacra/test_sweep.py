@@ -10,7 +10,7 @@ from simulacra.inference.fake import ScriptedLLM
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 from simulacra.storage import RunError, RunStore
-from simulacra.sweep import sweep
+from simulacra.sweeps import sweep
 
 from ..agents.fakes import WordEmbedder, by_kind
 
