@@ -39,6 +39,34 @@ class MemoryRecord(SQLModel, table=True):
     embedding: bytes | None = None  # float32, L2-normalised
     evidence: str = "[]"  # JSON list of seq numbers this memory rests on (reflections)
 
+    @classmethod
+    def of(cls, resident: str, m: Memory) -> MemoryRecord:
+        return cls(
+            resident=resident,
+            seq=m.seq,
+            kind=m.kind,
+            text=m.text,
+            created_step=m.created_step,
+            created_at=m.created_at,
+            last_retrieved_at=m.last_retrieved_at,
+            importance=m.importance,
+            embedding=None if m.embedding is None else m.embedding.astype(np.float32).tobytes(),
+            evidence=json.dumps(list(m.evidence)),
+        )
+
+    def memory(self) -> Memory:
+        return Memory(
+            self.seq,
+            self.kind,
+            self.text,
+            self.created_step,
+            self.created_at,
+            self.last_retrieved_at,
+            self.importance,
+            None if self.embedding is None else np.frombuffer(self.embedding, np.float32).copy(),
+            tuple(json.loads(self.evidence)),
+        )
+
 
 @dataclass
 class Memory:
@@ -172,20 +200,7 @@ class MemoryStore:
         n = 0
         for stream in self.streams.values():
             for m in stream.take_dirty():
-                session.merge(
-                    MemoryRecord(
-                        resident=stream.resident,
-                        seq=m.seq,
-                        kind=m.kind,
-                        text=m.text,
-                        created_step=m.created_step,
-                        created_at=m.created_at,
-                        last_retrieved_at=m.last_retrieved_at,
-                        importance=m.importance,
-                        embedding=None if m.embedding is None else m.embedding.astype(np.float32).tobytes(),
-                        evidence=json.dumps(list(m.evidence)),
-                    )
-                )
+                session.merge(MemoryRecord.of(stream.resident, m))
                 n += 1
         return n
 
@@ -197,20 +212,7 @@ class MemoryStore:
             s = streams.setdefault(r.resident, MemoryStream(r.resident))
             if r.seq != len(s.memories):
                 raise ValueError(f"memory table of {r.resident!r} has a gap at seq {len(s.memories)}")
-            emb = None if r.embedding is None else np.frombuffer(r.embedding, np.float32).copy()
-            s.memories.append(
-                Memory(
-                    r.seq,
-                    r.kind,
-                    r.text,
-                    r.created_step,
-                    r.created_at,
-                    r.last_retrieved_at,
-                    r.importance,
-                    emb,
-                    tuple(json.loads(r.evidence)),
-                )
-            )
+            s.memories.append(r.memory())
         self.streams = streams
 
     def state_dict(self) -> dict:

@@ -22,17 +22,7 @@ from simulacra.storage import CallRow, EventRow, MetricRow, RunStore, StepRow
 
 FORMATS = ("parquet", "csv")
 EVENT_COLUMNS = ["id", "step", "kind", "resident"]
-MEMORY_COLUMNS = [
-    "resident",
-    "seq",
-    "kind",
-    "text",
-    "created_step",
-    "created_at",
-    "last_retrieved_at",
-    "importance",
-    "evidence",
-]
+MEMORY_COLUMNS = [name for name in MemoryRecord.model_fields if name != "embedding"]  # the table, less the vectors
 CALL_COLUMNS = [
     "id",
     "step",

@@ -138,10 +138,9 @@ class Simulation:
                 if said:
                     r["speech"] = said[-1]
         frame["conversations"] = [c.to_json() for c in live.values()]
-        frame["social"] = {
-            "nodes": list(self.town.social.graph.nodes),
-            "edges": [[a, b, round(d["strength"], 3)] for a, b, d in self.town.social.graph.edges(data=True)],
-        }
+        social = self.town.social.view_json()
+        if social is not None:
+            frame["social"] = social
         frame["stats"] = dict(stats or {})
         return frame
 

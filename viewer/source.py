@@ -115,7 +115,7 @@ class TownSource:
         fresh = {r["id"] for r in d["residents"]}
         spoke = self._merge_speech(extras.pop("speech", {}) or {}, step, fresh)
         self._last_changes = (step, {r["id"] for r in d["residents"]} | spoke, [o["id"] for o in d["objects"]])
-        social = self._social_json()
+        social = self.town.social.view_json(SOCIAL_MAX_NODES)
         if social != self._social:
             self._social, self._social_step = social, step
         self._times.append(time.perf_counter())
@@ -153,12 +153,6 @@ class TownSource:
         self._speech = dict(speech)
         return changed
 
-    def _social_json(self) -> dict | None:
-        graph = self.town.social.graph
-        if graph.number_of_nodes() > SOCIAL_MAX_NODES:
-            return None
-        edges = [[u, v, round(float(d.get("strength", 0.0)), 3)] for u, v, d in graph.edges(data=True)]
-        return {"nodes": list(graph.nodes), "edges": edges}
 
     def _steps_per_s(self) -> float | None:
         window = self._times[-11:]

@@ -110,6 +110,14 @@ class SocialGraph:
         """Number of directed acquaintances."""
         return self.graph.number_of_edges()
 
+    def view_json(self, max_nodes: int = 200) -> dict | None:
+        """Nodes and ``[a, b, strength]`` edges for the viewer; None past ``max_nodes`` (a circle of
+        more residents is unreadable, and the frames would carry n² edges)."""
+        if self.graph.number_of_nodes() > max_nodes:
+            return None
+        edges = [[u, v, round(float(d.get("strength", 0.0)), 3)] for u, v, d in self.graph.edges(data=True)]
+        return {"nodes": list(self.graph.nodes), "edges": edges}
+
     def state_dict(self) -> dict:
         """Plain JSON: nodes and edges with attributes, in insertion order (so restores are identical)."""
         return {
