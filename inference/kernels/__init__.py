@@ -28,7 +28,7 @@ from torch import Tensor
 
 from simulacra.inference.kernels.cpu_moe import cpu_experts
 from simulacra.inference.kernels.quant import QTYPES, QuantizedTensor, qlinear
-from simulacra.inference.kernels.routing import ExpertSort, route_topk, sort_by_expert
+from simulacra.inference.kernels.routing import ExpertSort, sort_by_expert
 
 __all__ = [
     "QTYPES",
@@ -45,7 +45,6 @@ __all__ = [
     "qlinear",
     "quantize_experts",
     "read_gguf_experts",
-    "route_topk",
     "set_quantized_experts",
     "settings",
     "sort_by_expert",

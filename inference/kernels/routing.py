@@ -1,4 +1,4 @@
-"""Routing: top-k with each family's normalisation, and the counting sort of (token, slot) pairs by expert.
+"""Routing for the kernels: the counting sort of (token, slot) pairs by expert (the router itself is `model.route`).
 
 Every MoE kernel wants the same thing from the router: the N*k (token, slot) pairs grouped by the
 expert they go to, with per-expert offsets, so an expert's tokens are one contiguous run it can
@@ -97,56 +97,3 @@ def sort_by_expert(ids: Tensor | np.ndarray, n_experts: int, block: int = 1) -> 
         np.ascontiguousarray(arr).reshape(-1), n_experts, block
     )
     return ExpertSort(sorted_pairs, offsets, counts, position, block_expert, arr.shape[0], arr.shape[1], block)
-
-
-@numba.njit(cache=True)
-def _route_rows(logits: np.ndarray, k: int, softmax_first: bool, renorm: bool):  # pragma: no cover
-    n, n_exp = logits.shape
-    weights = np.empty((n, k), np.float32)
-    ids = np.empty((n, k), np.int64)
-    for t in range(n):
-        row = logits[t]
-        taken = np.zeros(n_exp, np.bool_)
-        for s in range(k):  # selection: k is small (2-8), first index wins ties like torch.topk
-            best = -1
-            for e in range(n_exp):
-                if not taken[e] and (best < 0 or row[e] > row[best]):
-                    best = e
-            taken[best] = True
-            ids[t, s] = best
-        mx = row[ids[t, 0]]
-        if softmax_first:  # softmax over all experts, then the top k (renormalised if asked)
-            z = np.float32(0.0)
-            for e in range(n_exp):
-                z += np.exp(row[e] - mx)
-            total = np.float32(0.0)
-            for s in range(k):
-                weights[t, s] = np.exp(row[ids[t, s]] - mx) / z
-                total += weights[t, s]
-            if renorm:
-                for s in range(k):
-                    weights[t, s] /= total
-        else:  # softmax over the k selected logits
-            z = np.float32(0.0)
-            for s in range(k):
-                weights[t, s] = np.exp(row[ids[t, s]] - mx)
-                z += weights[t, s]
-            for s in range(k):
-                weights[t, s] /= z
-    return weights, ids
-
-
-def route_topk(logits: Tensor, k: int, mode: str, norm_topk: bool) -> tuple[Tensor, Tensor]:
-    """Router logits [N, E] -> (weights [N, k] fp32, expert ids [N, k]) in one compiled pass per row.
-
-    Same contract as `model.route` (`softmax_topk`: softmax over all experts, top k, renormalise when
-    `norm_topk`; `topk_softmax`: softmax over the top k logits). Row-local, so a token's routing never
-    depends on the batch around it. `model.route` (torch) stays the default router: it is what
-    `transformers` computes, tie-breaking included; this one exists for callers that want routing
-    and sorting without torch dispatch overhead per step.
-    """
-    if mode not in ("softmax_topk", "topk_softmax"):
-        raise ValueError(f"unknown router mode {mode!r}")
-    arr = np.ascontiguousarray(logits.detach().float().cpu().numpy())
-    w, ids = _route_rows(arr, k, mode == "softmax_topk", norm_topk)
-    return torch.from_numpy(w), torch.from_numpy(ids)
