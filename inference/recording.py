@@ -56,8 +56,6 @@ __all__ = [
     "write_jsonl",
 ]
 
-# ----------------------------------------------------------------------------- schema helpers
-
 
 def schema_json(schema: Schema) -> dict[str, Any] | None:
     """The JSON schema a request constrains to (choices become a string enum), for keys, logs and the wire."""
@@ -140,8 +138,6 @@ def split_deltas(text: str, pieces: int = 3) -> list[str]:
     return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-# ----------------------------------------------------------------------------- who is calling
-
 _META: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("simulacra_llm_call_meta", default={})  # noqa: B039
 
 
@@ -163,9 +159,6 @@ def call_meta(**meta: Any) -> Iterator[dict[str, Any]]:
 def current_meta() -> dict[str, Any]:
     """The tags `call_meta` set for the current task (a copy)."""
     return dict(_META.get())
-
-
-# ----------------------------------------------------------------------------- records
 
 
 class CallRecord(BaseModel):
@@ -406,9 +399,6 @@ def _common_prefix(a: str, b: str) -> str:
     while i < n and a[i] == b[i]:
         i += 1
     return a[:i]
-
-
-# ----------------------------------------------------------------------------- JSONL
 
 
 def write_jsonl(records: Iterable[CallRecord], path: str | Path) -> int:

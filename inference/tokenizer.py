@@ -277,8 +277,6 @@ class Tokenizer:
         self._added: dict[int, AddedToken] = dict(backend.get_added_tokens_decoder())
         self._vocab: list[str] | None = None
 
-    # ----------------------------------------------------------------- construction
-
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping[str, Any], path: str | Path) -> Tokenizer:
         """Build from GGUF metadata (key -> `GGUFReader` field `.contents()`); `path` names errors."""
@@ -436,8 +434,6 @@ class Tokenizer:
             source=folder,
         )
 
-    # ----------------------------------------------------------------- text <-> ids
-
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids for `text`; special tokens written in the text (e.g. `<|im_start|>`) stay whole.
 
@@ -505,8 +501,6 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         """The vocabulary string of an id, or None."""
         return self.backend.id_to_token(token_id)
-
-    # ----------------------------------------------------------------- chat
 
     @property
     def bos_token(self) -> str | None:

@@ -103,8 +103,6 @@ class Simulation:
     async def interview(self, name: str, question: str) -> str:
         return await self.resident(name).interview(question)
 
-    # ---- state and frames ------------------------------------------------------------------------
-
     def state_dict(self) -> dict:
         """Everything but the memory rows (``run.db`` holds those) needed to continue this run exactly."""
         return {

@@ -157,8 +157,6 @@ class ViewerServer:
         self._server: Server | None = None
         self._snap_cache: tuple[int, bytes] | None = None
 
-    # ---- lifecycle -----------------------------------------------------------------------------------
-
     async def start(self) -> ViewerServer:
         self._server = await serve(
             self._handle,
@@ -214,8 +212,6 @@ class ViewerServer:
             await asyncio.sleep(0.01)
         return True
 
-    # ---- publishing --------------------------------------------------------------------------------
-
     def publish(self, step: int | None = None) -> None:
         """Send the source's latest step to every client; synchronous and never blocks (``step`` is informative)."""
         self.seq += 1
@@ -236,8 +232,6 @@ class ViewerServer:
         control = getattr(self.source, "control_state", None)
         head = {"type": "snapshot", "seq": self.seq, "live": True, "resync": resync, "control": control and control()}
         return self.seq, dumps(head)[:-1].encode() + b',"frame":' + self._snap_cache[1] + b"}"
-
-    # ---- connections -------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         client = _Client(ws, asyncio.Queue(self.queue_size), TokenBucket(self.rate, self.burst))

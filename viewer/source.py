@@ -96,8 +96,6 @@ class TownSource:
         self.step = first["step"] - 1
         self.record()
 
-    # ---- recording --------------------------------------------------------------------------------
-
     def record(self) -> None:
         """Record the town's current step (call after each step, before ``ViewerServer.publish``)."""
         town = self.town
@@ -153,14 +151,11 @@ class TownSource:
         self._speech = dict(speech)
         return changed
 
-
     def _steps_per_s(self) -> float | None:
         window = self._times[-11:]
         if len(window) < 2 or window[-1] <= window[0]:
             return None
         return round((len(window) - 1) / (window[-1] - window[0]), 2)
-
-    # ---- the ViewSource protocol -------------------------------------------------------------------
 
     def snapshot(self) -> dict:
         """The latest recorded step, with the map."""

@@ -50,9 +50,6 @@ GGUF_BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
 MAX_LANES = 16  # rows per interleaved tile: two 8-lane vectors (fewer only for odd shapes, see lanes_for)
 
 
-# ----------------------------------------------------------------------------------- tile decoders
-
-
 def tile_dot(w, e, tile, xs, rows, xsum, res):  # pragma: no cover - numba overload below
     """res[t, l] = (row tile*L + l of expert e) . xs[rows[t]] for every token t and lane l.
 
@@ -78,7 +75,6 @@ def _kind(w) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- 16-lane tiles: vectors in registers
 #
 # A tile is 16 rows side by side: per column, 16 quants = two 8-lane vectors. Activations are
 # broadcast; the per-block partial sums stay in registers (`vec8`) for the 32 columns of a block and
@@ -339,9 +335,6 @@ def _decode_tile(w, e, tile, out_t):
     return impl4
 
 
-# ----------------------------------------------------------------------------------------- kernels
-
-
 @numba.njit(cache=True, parallel=True)
 def _dequantize_t(w, out_t):  # pragma: no cover - compiled
     """out_t[s, C, R] <- every stacked matrix, transposed (the layout a torch matmul `x @ W.T` wants)."""
@@ -457,9 +450,6 @@ def _quantize_q4(x, codes, d, m, with_min):  # pragma: no cover - compiled
                 for i in range(32):
                     out[i] = min(15, np.int32(np.trunc(blk[i] * inv + np.float32(8.5))))
             d[r, b] = db
-
-
-# ------------------------------------------------------------------------------------------ tensors
 
 
 def lanes_for(rows: int) -> int:
