@@ -68,6 +68,7 @@ class Counters:
         self.peak_batch_seqs = 0  # largest batch so far; callers may reset it to measure a window
         self.prompt_tokens = self.prefill_tokens = self.decode_tokens = 0
         self.step_seconds = self.mask_seconds = 0.0
+        self.close_seconds = 0.0  # keeping constrained values closable within max_tokens (structured.py)
         self.started = time.perf_counter()
 
     def as_dict(self, running: int, waiting: int, preemptions: int, cached_tokens: int) -> dict[str, float]:
@@ -90,8 +91,32 @@ class Counters:
             "decode_tokens_per_s": self.decode_tokens / max(self.step_seconds, 1e-9),
             "step_seconds": self.step_seconds,
             "mask_seconds": self.mask_seconds,
+            "close_seconds": self.close_seconds,
             "preemptions": preemptions,
         }
+
+
+def _check_text(prompt: Prompt, stop: list[str]) -> None:
+    """RequestError naming the first prompt text or stop string that is not valid Unicode (a lone
+    surrogate, which JSON can carry as `"\\ud800"` but no tokenizer can encode)."""
+    texts: list[tuple[str, Any]] = [("prompt", prompt)] if isinstance(prompt, str) else []
+    if isinstance(prompt, list):
+        for i, m in enumerate(prompt):
+            if isinstance(m, dict):
+                texts += [(f"messages[{i}].{k}", v) for k, v in m.items()]
+    texts += [(f"stop[{i}]", s) for i, s in enumerate(stop)]
+    for param, text in texts:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(
+                f"{param} is not valid Unicode: it holds a lone surrogate (U+{ord(text[exc.start]):04X}) at "
+                f"character {exc.start}",
+                param,
+                "invalid_unicode",
+            ) from None
 
 
 class _Request:
@@ -197,6 +222,7 @@ class Engine:
         except TypeError as exc:
             raise RequestError(str(exc)) from exc
         params.validate(self.context_length)
+        _check_text(prompt, params.stop)
         ids = self.encode(prompt)
         param = "prompt" if isinstance(prompt, str) else "messages"
         if not ids:
@@ -209,6 +235,8 @@ class Engine:
                 "context_length_exceeded",
             )
         constraint = self._grammar_compiler().matcher(schema) if schema is not None else None
+        if constraint is not None:
+            constraint.check_budget(params.max_tokens)  # no value the schema allows fits: refused up front
         params.seed = seed if seed is not None else self._seed_rng.getrandbits(63)
         seq = Sequence(ids, params, make_generator(params.seed, self.device), constraint)
         return _Request(seq, schema, asyncio.get_running_loop())
@@ -284,22 +312,33 @@ class Engine:
         counters.step_seconds += time.perf_counter() - t0
 
     def _sample(self, chunks: list[Chunk], logits: torch.Tensor) -> None:
-        constraints = [c.seq.constraint for c in chunks]
+        # a row whose close the token budget forces needs no mask: its token is the close's
+        constraints = [
+            None if c.seq.constraint is None or c.seq.constraint.forcing else c.seq.constraint for c in chunks
+        ]
         if any(x is not None for x in constraints):
             from simulacra.inference.structured import apply_masks
 
             seconds = apply_masks(constraints, logits)
             self.counters.mask_seconds += seconds
             n = sum(x is not None for x in constraints)
-            for c in chunks:
-                if c.seq.constraint is not None:
+            for c, x in zip(chunks, constraints, strict=True):
+                if x is not None:
                     c.seq.mask_seconds += seconds / n
         for row, c in enumerate(chunks):
             seq = c.seq
+            constraint = seq.constraint
             try:
-                token = sample_row(logits[row], seq.params, seq.generator)
-                if seq.constraint is not None and token not in self.tokenizer.eos_ids:
-                    seq.constraint.advance(token)
+                if constraint is not None and constraint.forcing:
+                    token = constraint.next_forced()
+                else:
+                    token = sample_row(logits[row], seq.params, seq.generator)
+                    if constraint is not None and token not in self.tokenizer.eos_ids:
+                        # the budget after this token: if the value could no longer be closed within
+                        # it, the constraint refuses the token and starts forcing its close instead
+                        spent = constraint.close_seconds
+                        token = constraint.accept(token, seq.params.max_tokens - len(seq.output_ids) - 1)
+                        self.counters.close_seconds += constraint.close_seconds - spent
                 self._append(seq, token)
             except Exception as exc:  # one request's failure must not take the others down
                 self._fail(seq, exc)
@@ -309,8 +348,9 @@ class Engine:
             seq.first_token_at = time.perf_counter()
         request = self._requests[seq.id]
         reason = None
+        forced = seq.constraint is not None and seq.constraint.forcing  # the budget forced the value's end
         if token in self.tokenizer.eos_ids and not seq.params.ignore_eos:
-            reason = "stop"
+            reason = "length" if forced else "stop"
         else:
             seq.output_ids.append(token)
             seq.text = self.tokenizer.decode(seq.output_ids)
@@ -318,7 +358,9 @@ class Engine:
                 cut = seq.text.find(s)
                 if cut >= 0:
                     seq.text, reason = seq.text[:cut], "stop"
-            if reason is None and seq.constraint is not None and seq.constraint.is_done():
+            if reason is None and forced and seq.constraint.closed:
+                reason = "length"
+            elif reason is None and seq.constraint is not None and seq.constraint.is_done():
                 reason = "stop"
             elif reason is None and (len(seq.output_ids) >= seq.params.max_tokens or len(seq) >= self.context_length):
                 reason = "length"
@@ -351,10 +393,11 @@ class Engine:
     def _result(self, request: _Request) -> GenerateResult:
         seq = request.seq
         parsed = None
-        if request.schema is not None and seq.finish_reason == "stop":
+        complete = seq.constraint is not None and seq.constraint.is_accepting()
+        if request.schema is not None and (seq.finish_reason == "stop" or complete):
             from simulacra.inference.structured import parse_output
 
-            parsed = parse_output(request.schema, seq.text)
+            parsed = parse_output(request.schema, seq.text)  # a value the budget closed parses too
         now = time.perf_counter()
         return GenerateResult(
             text=seq.text,
@@ -367,6 +410,7 @@ class Engine:
                 "first_token_s": (seq.first_token_at or now) - seq.arrived,
                 "total_s": now - seq.arrived,
                 "mask_s": seq.mask_seconds,
+                "close_s": 0.0 if seq.constraint is None else seq.constraint.close_seconds,
             },
         )
 

@@ -185,6 +185,9 @@ class CallRecord(BaseModel):
         parsed = None
         if schema is not None and self.finish_reason == "stop":
             parsed = parse_output(schema, self.text)
+        elif schema is not None and self.finish_reason == "length":  # the engine's budget closed it, or cut it
+            with contextlib.suppress(RequestError):
+                parsed = parse_output(schema, self.text)
         return GenerateResult(
             text=self.text,
             parsed=parsed,

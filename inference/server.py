@@ -9,7 +9,10 @@ Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
 `stream: true` as server-sent events ending in `data: [DONE]`), `GET /health`, `GET /v1/stats`.
 Errors are OpenAI error objects (`{"error": {"message", "type", "param", "code"}}`): 400 for a bad
 request (including a `RequestError` from the backend), 404 `model_not_found`, 500 for a backend
-failure, after which the server goes on serving.
+failure, after which the server goes on serving. Every string a request carries (message contents,
+the prompt, stop strings, the model name, a schema's keys and values) must be valid Unicode: JSON
+allows a lone surrogate (`"\\ud800"`, half of a pair), which no tokenizer can encode, so it is a 400
+(`invalid_unicode`) naming the field, before anything reaches the backend.
 
 Request fields beyond OpenAI's: `top_k` (as vLLM), `guided_choice` (a list of strings, as vLLM: the
 output is exactly one of them, unquoted). `response_format` `json_object` constrains to any JSON
@@ -96,6 +99,7 @@ class APIError(Exception):
         code: str | None = None,
         type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
     ) -> None:
+        message, param = _printable(message), None if param is None else _printable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -104,6 +108,43 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)
+
+
+def _printable(text: str) -> str:
+    """`text` with any lone surrogate spelled as `\\udXXX`: an error body must encode as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (valid Unicode: None)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _check_unicode(value: Any, path: str) -> None:
+    """Raise a 400 naming the first string under `value` (a request body, dumped) that is not valid Unicode."""
+    if isinstance(value, str):
+        at = _lone_surrogate(value)
+        if at is not None:
+            raise APIError(
+                400,
+                f"{path} is not valid Unicode: it holds a lone surrogate (U+{ord(value[at]):04X}) at character "
+                f"{at}; a character outside the Basic Multilingual Plane must be sent as a whole surrogate pair "
+                "(or as UTF-8), never as half of one",
+                path,
+                "invalid_unicode",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _lone_surrogate(key) is not None:
+                _check_unicode(key, f"{path} (a key)" if path else "a key")
+            _check_unicode(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{path}[{i}]")
 
 
 def _from_request_error(exc: RequestError) -> APIError:
@@ -377,6 +418,7 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+        _check_unicode(body.model_dump(), "")
         check_model(body.model)
         if body.tools:
             raise APIError(400, "tools are not supported", "tools")
@@ -425,6 +467,7 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        _check_unicode(body.model_dump(), "")
         check_model(body.model)
         prompt = body.prompt
         if isinstance(prompt, list):

@@ -219,26 +219,43 @@ def test_malformed_bodies_and_backend_crash(server, client):
 
 
 def test_concurrent_requests_are_not_serialised():
-    latency = 0.3
-    llm = ScriptedLLM("concurrent answer", latency=latency)
+    """No request is answered until all 16 are inside the backend together: a server that queued them
+    would never get there (the wait's timeout is only a guard against hanging). How long a batch takes
+    is measured by `make bench-server`, not here."""
+    n = 16
+    arrived: list[str] = []
+    all_in: asyncio.Event | None = None
+
+    async def barrier(prompt: Any, schema: Any, params: Any) -> str:
+        nonlocal all_in
+        all_in = all_in or asyncio.Event()  # made on the server's event loop
+        arrived.append(prompt[0]["content"])
+        if len(arrived) == n:
+            all_in.set()
+        try:
+            await asyncio.wait_for(all_in.wait(), 30)
+        except TimeoutError:
+            raise RuntimeError(f"only {len(arrived)} of {n} requests reached the backend together") from None
+        return "concurrent answer"
+
+    llm = ScriptedLLM(barrier)
     with running(llm, MODEL, CONTEXT) as srv:
 
-        async def go() -> tuple[list[str], float]:
-            async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=10) as c:
-                t0 = time.perf_counter()
+        async def go() -> list[str]:
+            async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=60) as c:
                 results = await asyncio.gather(
                     *(
                         c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"resident {i}"}])
-                        for i in range(16)
+                        for i in range(n)
                     )
                 )
-                return [r.choices[0].message.content for r in results], time.perf_counter() - t0
+                return [r.choices[0].message.content for r in results]
 
-        texts, elapsed = asyncio.run(go())
-    assert texts == ["concurrent answer"] * 16
-    assert llm.stats()["max_in_flight"] >= 8  # the server overlaps requests instead of queueing them
-    assert elapsed < 16 * latency / 2
-    assert sorted(c.text for c in llm.calls) == sorted(f"user: resident {i}" for i in range(16))
+        texts = asyncio.run(go())
+    assert texts == ["concurrent answer"] * n
+    assert llm.stats()["max_in_flight"] == n  # the server overlaps requests instead of queueing them
+    assert sorted(arrived) == sorted(f"resident {i}" for i in range(n))
+    assert sorted(c.text for c in llm.calls) == sorted(f"user: resident {i}" for i in range(n))
 
 
 class EndlessLLM:
@@ -279,3 +296,44 @@ def test_client_leaving_a_stream_closes_the_backend_stream():
         while llm.closed_streams == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert llm.closed_streams == 1
+
+
+def test_lone_surrogates_are_400s_naming_the_field_whatever_the_backend(server, client):
+    """JSON can carry half a surrogate pair (`"\\ud800"`); no tokenizer can encode it, so the server
+    refuses it before the backend (here the scripted fake) sees it, for every string field."""
+    srv, llm = server
+    calls = len(llm.calls)
+    lone = "\\ud800"  # as the JSON text spells it
+    user = '[{"role": "user", "content": "hi"}]'
+    cases = [
+        ("chat/completions", f'"messages": [{{"role": "user", "content": "{lone}"}}]', "messages[0].content"),
+        ("chat/completions", f'"messages": {user}, "stop": "a{lone}"', "stop"),
+        ("chat/completions", f'"messages": {user}, "guided_choice": ["go", "{lone}"]', "guided_choice[1]"),
+        (
+            "chat/completions",
+            f'"messages": {user}, "response_format": {{"type": "json_schema", "json_schema": '
+            f'{{"name": "x", "schema": {{"properties": {{"{lone}": {{}}}}}}}}}}',
+            "response_format.json_schema.schema.properties (a key)",
+        ),
+        ("completions", f'"prompt": "{lone}x"', "prompt"),
+        ("completions", f'"prompt": "x", "stop": ["y", "{lone}"]', "stop[1]"),
+    ]
+    for path, fields, param in cases:
+        for stream in ("false", "true"):
+            raw = f'{{"model": "{MODEL}", "max_tokens": 4, "stream": {stream}, {fields}}}'
+            res = httpx.post(
+                f"{srv.base_url}/{path}", content=raw.encode(), headers={"content-type": "application/json"}, timeout=5
+            )
+            assert res.status_code == 400, (raw, res.text)
+            err = res.json()["error"]
+            assert (err["param"], err["code"], err["type"]) == (param, "invalid_unicode", "invalid_request_error")
+            assert "not valid Unicode" in err["message"] and "lone surrogate (U+D800)" in err["message"]
+    assert len(llm.calls) == calls  # none reached the backend
+    pair = httpx.post(  # a whole pair is one character, and fine
+        f"{srv.base_url}/chat/completions",
+        content=f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "\\ud83d\\ude00"}}]}}'.encode(),
+        headers={"content-type": "application/json"},
+        timeout=5,
+    )
+    assert pair.status_code == 200 and llm.calls[-1].text == "user: \U0001f600"
+    _ok(client)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -319,3 +320,128 @@ def test_smollm2_greedy_decoding_under_the_grammar_validates() -> None:
         plan = parse_output(Plan, text)
         assert isinstance(plan, Plan) and 5 <= plan.minutes <= 60, text
         assert c.is_done()
+
+
+# ----------------------------------------------------------------- the token budget
+
+
+def budget_walk(compiler: GrammarCompiler, schema: Any, seed: int, max_tokens: int) -> tuple[str, str, int]:
+    """Decode with seeded random logits as the engine does under `max_tokens`: each sampled token goes
+    through `accept` with the budget left after it; a forced close is written out. Returns the text,
+    the finish reason the engine would give and the number of tokens."""
+    tok = compiler.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    c = compiler.matcher(schema)
+    c.check_budget(max_tokens)
+    out: list[int] = []
+    while True:
+        if c.forcing:
+            t = c.next_forced()
+        else:
+            logits = torch.randn((1, compiler.vocab_size), generator=gen)
+            c.fill_mask(logits[0])
+            t = int(logits[0].argmax())
+            assert math.isfinite(float(logits[0, t]))
+            if t not in tok.eos_ids:
+                t = c.accept(t, max_tokens - len(out) - 1)
+        if t in tok.eos_ids:
+            reason = "length" if c.forcing else "stop"
+            break
+        out.append(t)
+        if c.closed:
+            reason = "length"
+            break
+        if c.is_done():
+            reason = "stop"
+            break
+        if len(out) >= max_tokens:
+            reason = "length"
+            break
+    assert c.is_accepting(), (tok.decode(out), reason)
+    return tok.decode(out), reason, len(out)
+
+
+BUDGET_SCHEMAS = {"Day": Day, "raw": RAW_SCHEMA, "Place": Place, "choices": CHOICES, "object": {"type": "object"}}
+
+
+@pytest.mark.parametrize("name", list(BUDGET_SCHEMAS))
+def test_a_value_the_budget_cuts_short_is_closed_and_validates(compiler: GrammarCompiler, name: str) -> None:
+    schema = BUDGET_SCHEMAS[name]
+    low = compiler.min_tokens(schema)
+    assert low is not None
+    reasons = []
+    for max_tokens in range(max(low, 1), low + 31, 3):
+        for seed in range(3):
+            text, reason, n = budget_walk(compiler, schema, seed, max_tokens)
+            parse_output(schema, text)  # raises unless it validates
+            assert n <= max_tokens
+            reasons.append(reason)
+    if name != "choices":  # a choice is over in a token or two
+        assert "length" in reasons  # some were cut short, and validate all the same
+
+
+def test_the_shortest_values(compiler: GrammarCompiler, tok: Tokenizer) -> None:
+    """Closes from the start: open, fill each required field minimally, close; optional fields left out."""
+
+    def shortest(schema: Any) -> str:
+        c = compiler.matcher(schema)
+        assert c.close is not None and len(c.close) == compiler.min_tokens(schema)
+        return tok.decode(c.close)
+
+    assert shortest({"type": "object"}) == "{}"
+    assert shortest(Place) == '{"name": "home", "minutes": 5}'  # an enum's longest first token; the minimum
+    assert json.loads(shortest({"type": "array", "items": {"type": "integer", "minimum": 7}, "minItems": 3})) == [7] * 3
+    assert json.loads(shortest({"type": "object", "properties": {"x": {"type": "number", "minimum": 2.5}}})) == {}
+    assert shortest({"anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"type": "null"}]}) in (
+        "{}",
+        "null",
+    )
+    day = parse_output(Day, shortest(Day))
+    assert day.note is None and len(day.stops) == 1 and day.resident == ""
+    assert compiler.min_tokens(CHOICES) == 0  # "" is a choice
+
+
+def test_the_close_from_the_middle_ends_the_string_and_every_container(compiler: GrammarCompiler, tok: Tokenizer):
+    c = compiler.matcher(Day)
+    prefix = '{"resident": "Bo", "mood": "busy", "stops": [{"name": "park", "minutes": 1'
+    for t in tok.encode(prefix):
+        assert c.accept(t, 200) == t  # plenty of budget: nothing refused
+    rest = tok.decode(c.close)
+    assert re.match(r"\d\}\], ", rest), rest  # 1 -> 1x (minutes >= 5), then the stop and the list close
+    day = parse_output(Day, prefix + rest)
+    assert 10 <= day.stops[0].minutes <= 19 and day.budget == 0 and day.note is None
+    assert len(c.close) <= 9  # x, }], then `, "budget": ` (forced: 5 tokens here), 0, }
+
+
+def test_a_token_that_leaves_too_little_budget_is_refused_and_the_close_forced(
+    compiler: GrammarCompiler, tok: Tokenizer
+) -> None:
+    c = compiler.matcher(Place)
+    low = len(c.close)
+    c.check_budget(low)
+    with pytest.raises(RequestError) as info:
+        c.check_budget(low - 1)
+    assert (info.value.param, info.value.code) == ("max_tokens", "max_tokens_too_small")
+    out = []
+    for t in tok.encode('{"name": "'):
+        out.append(c.accept(t, 100))
+    budget = len(c.close)  # exactly enough for the close from here, after the next token
+    town = tok.encode("town")[0]  # "town hall" needs more than the close ("home")
+    token = c.accept(town, budget - 1)
+    assert token != town and c.forcing and not c.closed
+    out.append(token)
+    while not c.closed:
+        out.append(c.next_forced())
+    assert len(out) == len(tok.encode('{"name": "')) + budget
+    assert parse_output(Place, tok.decode(out)) == Place(name="home", minutes=5)
+    assert c.next_forced() == compiler.eos_ids[0]  # nothing left: the request ends
+
+
+def test_a_schema_without_a_close_is_not_guarded(compiler: GrammarCompiler, tok: Tokenizer) -> None:
+    """A pattern the greedy close cannot finish: no close, no up-front refusal, tokens just consumed."""
+    email = {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.com$"}
+    assert compiler.min_tokens(email) is None
+    c = compiler.matcher(email)
+    c.check_budget(1)
+    t = tok.encode('"')[0]
+    assert c.accept(t, 0) == t and not c.forcing
