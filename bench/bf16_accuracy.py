@@ -33,11 +33,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from machine import describe  # noqa: E402 - bench/machine.py
 
+from simulacra.inference.engine.runner import ModelRunner  # noqa: E402
 from simulacra.inference.generate import greedy_generate  # noqa: E402
 from simulacra.inference.kvcache import ContiguousKV  # noqa: E402
 from simulacra.inference.loader import load_model  # noqa: E402
 from simulacra.inference.model import Transformer  # noqa: E402
-from simulacra.inference.runner import ModelRunner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = [

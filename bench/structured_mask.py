@@ -22,8 +22,8 @@ import llguidance.torch as llg_torch  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
+from simulacra.inference.engine.structured import Constraint, GrammarCompiler, _executor, apply_masks  # noqa: E402
 from simulacra.inference.loader import load_tokenizer  # noqa: E402
-from simulacra.inference.structured import Constraint, GrammarCompiler, _executor, apply_masks  # noqa: E402
 
 
 class Plan(BaseModel):

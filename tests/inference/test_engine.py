@@ -8,15 +8,15 @@ import asyncio
 import pytest
 import torch
 
-from simulacra.inference.block_manager import BlockManager
 from simulacra.inference.engine import Engine, EngineConfig
+from simulacra.inference.engine.block_manager import BlockManager
+from simulacra.inference.engine.runner import ModelRunner
+from simulacra.inference.engine.sampling import make_generator
+from simulacra.inference.engine.scheduler import Scheduler
+from simulacra.inference.engine.sequence import Sequence
 from simulacra.inference.generate import greedy_generate
 from simulacra.inference.loader import load_model
 from simulacra.inference.port import RequestError, SamplingParams
-from simulacra.inference.runner import ModelRunner
-from simulacra.inference.sampling import make_generator
-from simulacra.inference.scheduler import Scheduler
-from simulacra.inference.sequence import Sequence
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,9 @@ async def test_engine_survives_a_request_that_raises(lm, monkeypatch) -> None:
         return request
 
     monkeypatch.setattr(engine, "_make_request", make)
-    monkeypatch.setattr("simulacra.inference.structured.apply_masks", lambda constraints, logits: 0.0, raising=False)
+    monkeypatch.setattr(
+        "simulacra.inference.engine.structured.apply_masks", lambda constraints, logits: 0.0, raising=False
+    )
     try:
         results = await asyncio.gather(
             engine.generate("boom", max_tokens=8),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from simulacra.inference.engine.paged_attention import paged_decode_attention
 from simulacra.inference.kvcache import causal_attention
-from simulacra.inference.paged_attention import paged_decode_attention
 
 
 @pytest.mark.parametrize("n_kv_heads,group", [(3, 3), (2, 1), (1, 4)])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from simulacra.inference.engine.sampling import NUCLEUS_PROBE, filter_logits, make_generator, sample_row
 from simulacra.inference.port import SamplingParams
-from simulacra.inference.sampling import NUCLEUS_PROBE, filter_logits, make_generator, sample_row
 
 
 def full_sort_nucleus(logits: torch.Tensor, top_p: float) -> set[int]:

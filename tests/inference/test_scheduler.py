@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulacra.inference.block_manager import BlockManager
+from simulacra.inference.engine.block_manager import BlockManager
+from simulacra.inference.engine.sampling import make_generator
+from simulacra.inference.engine.scheduler import Scheduler
+from simulacra.inference.engine.sequence import Sequence, Status
 from simulacra.inference.port import SamplingParams
-from simulacra.inference.sampling import make_generator
-from simulacra.inference.scheduler import Scheduler
-from simulacra.inference.sequence import Sequence, Status
 
 BLOCK = 4
 

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 
 from simulacra.inference.config import ModelConfig
 from simulacra.inference.engine import Engine, EngineConfig
+from simulacra.inference.engine.structured import GrammarCompiler
 from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
 from simulacra.inference.model import Transformer
 from simulacra.inference.port import RequestError
 from simulacra.inference.server import running
-from simulacra.inference.structured import GrammarCompiler
 from tests.inference.test_structured import RAW_SCHEMA, Day, Place
 
 MODEL = "tiny"

@@ -17,9 +17,7 @@ import pytest
 import torch
 from pydantic import BaseModel, Field
 
-from simulacra.inference.loader import load_tokenizer
-from simulacra.inference.port import RequestError
-from simulacra.inference.structured import (
+from simulacra.inference.engine.structured import (
     Constraint,
     GrammarCompiler,
     _bias_numpy,
@@ -27,6 +25,8 @@ from simulacra.inference.structured import (
     apply_masks,
     parse_output,
 )
+from simulacra.inference.loader import load_tokenizer
+from simulacra.inference.port import RequestError
 from simulacra.inference.tokenizer import Tokenizer
 
 

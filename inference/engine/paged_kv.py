@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from simulacra.inference import paged_attention
+from simulacra.inference.engine import paged_attention
 from simulacra.inference.kvcache import causal_attention
 
 

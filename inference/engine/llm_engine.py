@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from simulacra.inference.block_manager import BlockManager
+from simulacra.inference.engine.block_manager import BlockManager
+from simulacra.inference.engine.paged_kv import PagedKV
+from simulacra.inference.engine.runner import ModelRunner
+from simulacra.inference.engine.sampling import make_generator, sample_row
+from simulacra.inference.engine.scheduler import Chunk, Scheduler
+from simulacra.inference.engine.sequence import Sequence
 from simulacra.inference.loader import LoadedModel, load_model, resolve_device
-from simulacra.inference.paged_kv import PagedKV
 from simulacra.inference.port import GenerateResult, Prompt, RequestError, SamplingParams, Schema, StreamEvent
-from simulacra.inference.runner import ModelRunner
-from simulacra.inference.sampling import make_generator, sample_row
-from simulacra.inference.scheduler import Chunk, Scheduler
-from simulacra.inference.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Engine:
 
     def _grammar_compiler(self) -> Any:
         if self._grammars is None:
-            from simulacra.inference.structured import GrammarCompiler
+            from simulacra.inference.engine.structured import GrammarCompiler
 
             self._grammars = GrammarCompiler(self.tokenizer, self.lm.model.cfg.vocab_size)
         return self._grammars
@@ -317,7 +317,7 @@ class Engine:
             None if c.seq.constraint is None or c.seq.constraint.forcing else c.seq.constraint for c in chunks
         ]
         if any(x is not None for x in constraints):
-            from simulacra.inference.structured import apply_masks
+            from simulacra.inference.engine.structured import apply_masks
 
             seconds = apply_masks(constraints, logits)
             self.counters.mask_seconds += seconds
@@ -395,7 +395,7 @@ class Engine:
         parsed = None
         complete = seq.constraint is not None and seq.constraint.is_accepting()
         if request.schema is not None and (seq.finish_reason == "stop" or complete):
-            from simulacra.inference.structured import parse_output
+            from simulacra.inference.engine.structured import parse_output
 
             parsed = parse_output(request.schema, seq.text)  # a value the budget closed parses too
         now = time.perf_counter()

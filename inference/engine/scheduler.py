@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from simulacra.inference.block_manager import BlockManager
-from simulacra.inference.sequence import Sequence, Status
+from simulacra.inference.engine.block_manager import BlockManager
+from simulacra.inference.engine.sequence import Sequence, Status
 
 
 @dataclass

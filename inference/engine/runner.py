@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from simulacra.inference.engine.paged_kv import PagedKV
+from simulacra.inference.engine.scheduler import Chunk
 from simulacra.inference.model import Transformer
-from simulacra.inference.paged_kv import PagedKV
-from simulacra.inference.scheduler import Chunk
 
 
 class ModelRunner:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from simulacra.inference.sequence import Sequence
+from simulacra.inference.engine.sequence import Sequence
 
 
 @dataclass
