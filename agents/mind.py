@@ -19,13 +19,22 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from simulacra.world import Action, GoTo, Resident, SetActivity, SetObjectState, Town
+from simulacra.world import (
+    Action,
+    GoTo,
+    Resident,
+    SetActivity,
+    SetObjectState,
+    Town,
+    format_minutes,
+    parse_time_of_day,
+)
 from simulacra.world.perception import Perception
 
 from . import prompts
 from .conversation import Conversation
 from .memory import MemoryStream, Retrieved
-from .planning import Slot, hhmm, schedule_slots, sequence_slots, slot_at
+from .planning import Slot, schedule_slots, sequence_slots, slot_at
 from .schemas import Answer, Questions, Reaction, TownSchemas, Utterance, YesNo
 from .society import Society
 
@@ -45,7 +54,11 @@ class Citizen(Resident):
         spec, town = self.spec, self.town
         self.society = society
         routine = spec.routine
-        work = f"from {hhmm(routine.work[0])} to {hhmm(routine.work[1])}" if routine.work and spec.workplace else None
+        work = (
+            f"from {format_minutes(routine.work[0])} to {format_minutes(routine.work[1])}"
+            if routine.work and spec.workplace
+            else None
+        )
         self.persona = prompts.Persona(
             name=spec.name,
             age=int(spec.profile.get("age", 30)),
@@ -68,8 +81,6 @@ class Citizen(Resident):
         self.noticed: list[tuple[str, str]] = []  # (what, who) new this step
         self.using: str | None = None  # object in use
         self.current: Slot | None = None
-
-    # ---- helpers ---------------------------------------------------------------------------------
 
     @property
     def stream(self) -> MemoryStream:
@@ -101,12 +112,10 @@ class Citizen(Resident):
         self.society.event(self.index, kind, self.name, **data)
 
     def _time(self) -> str:
-        return hhmm(self.minute())
+        return format_minutes(self.minute())
 
     def _date(self) -> str:
         return self.town.now.strftime("%A %d %B")
-
-    # ---- the step --------------------------------------------------------------------------------
 
     async def think(self, perception: Perception) -> list[Action]:
         """One step of cognition.
@@ -170,23 +179,21 @@ class Citizen(Resident):
                 self.remember("observation", what)
                 self.noticed.append((what, ""))
 
-    # ---- planning --------------------------------------------------------------------------------
-
     async def plan_day(self, minute: int) -> None:
         soc, sch = self.society, self.schemas
         date = self._date()
         memories = self.recall_texts(f"{self.name}'s plans for {date}")
-        wake = hhmm(self.spec.routine.wake)
+        wake = format_minutes(self.spec.routine.wake)
         msgs = prompts.day_plan(self.system_text, date, memories, self._example_plan(), wake)
         day = await soc.ask("day_plan", self.name, msgs, sch.DayPlan)
         plan = list(day.plan) if day is not None else self._example_plan()
         wake = day.wake_up if day is not None else wake
-        start, sleep = hhmm(max(minute, _m(wake))), hhmm(self.spec.routine.sleep)
+        start, sleep = format_minutes(max(minute, parse_time_of_day(wake))), format_minutes(self.spec.routine.sleep)
         msgs = prompts.schedule(self.system_text, date, plan, start, sleep, self._example_blocks(start))
         out = await soc.ask("schedule", self.name, msgs, sch.Schedule)
         blocks = [(b.start, b.activity, b.place) for b in out.blocks] if out is not None else []
-        if _m(wake) > minute:
-            blocks.append((hhmm(minute), "getting up", self.home_place))
+        if parse_time_of_day(wake) > minute:
+            blocks.append((format_minutes(minute), "getting up", self.home_place))
         self.schedule = schedule_slots(blocks, minute, self.spec.routine.sleep, self.home_place)
         self.day_plan = plan
         self.plan_date = self.waking_date()
@@ -199,7 +206,7 @@ class Citizen(Resident):
         r, spec = self.spec.routine, self.spec
         plan = [f"have breakfast at {self.home_place}"]
         if spec.workplace and r.work:
-            plan.append(f"work at {spec.workplace} until {hhmm(r.work[1])}")
+            plan.append(f"work at {spec.workplace} until {format_minutes(r.work[1])}")
         plan += [f"visit {r.leisure[0]}" if r.leisure else "take a walk", f"have dinner at {self.home_place}"]
         return [p[:48] for p in plan]
 
@@ -219,9 +226,11 @@ class Citizen(Resident):
             ]
             blocks += [(12 * 60, "lunch", home), (15 * 60, "take a walk", out)]
         blocks.append((19 * 60, "dinner", home))
-        first = _m(start)
+        first = parse_time_of_day(start)
         return [
-            {"start": hhmm(max(t, first) // 60 * 60), "activity": a, "place": p} for t, a, p in blocks if t < r.sleep
+            {"start": format_minutes(max(t, first) // 60 * 60), "activity": a, "place": p}
+            for t, a, p in blocks
+            if t < r.sleep
         ]
 
     async def plan_hour(self, minute: int, note: str = "") -> None:
@@ -232,14 +241,24 @@ class Citizen(Resident):
         memories = self.recall_texts(f"{slot.activity} at {slot.place}", 3)
         emoji = "💼" if slot.place == self.spec.workplace else "🏠" if slot.place == self.home_place else "🙂"
         msgs = prompts.hour_plan(
-            self.system_text, hhmm(start), hhmm(until), slot.activity, slot.place, emoji, memories, note
+            self.system_text,
+            format_minutes(start),
+            format_minutes(until),
+            slot.activity,
+            slot.place,
+            emoji,
+            memories,
+            note,
         )
         out = await self.society.ask("hour_plan", self.name, msgs, self.schemas.HourPlan)
         steps = [(a.minutes, a.action, a.place, a.emoji) for a in out.actions] if out is not None else []
         self.actions = sequence_slots(steps, start, until, (slot.activity, slot.place, ""))
-        self.log("hour_plan", start=hhmm(start), until=hhmm(until), actions=[_slot_json(s) for s in self.actions])
-
-    # ---- reacting --------------------------------------------------------------------------------
+        self.log(
+            "hour_plan",
+            start=format_minutes(start),
+            until=format_minutes(until),
+            actions=[_slot_json(s) for s in self.actions],
+        )
 
     async def react(self, minute: int) -> None:
         """Decide about the first new thing noticed: continue, change the plan, or start a conversation."""
@@ -254,8 +273,10 @@ class Citizen(Resident):
         last = self.town.social.relation(self.name, who) if other else None
         step = last["last_interaction"] if last else None
         today = step is not None and self.town.clock.day(step) == self.town.clock.day(self.town.steps)
-        last_talk = hhmm(self.town.clock.minute_of_day(step)) if today else ""
-        msgs = prompts.reaction(self.system_text, hhmm(minute), doing, self.place, what, memories, other, last_talk)
+        last_talk = format_minutes(self.town.clock.minute_of_day(step)) if today else ""
+        msgs = prompts.reaction(
+            self.system_text, format_minutes(minute), doing, self.place, what, memories, other, last_talk
+        )
         out = await soc.ask("reaction", self.name, msgs, Reaction)
         if out is None:
             return
@@ -265,8 +286,6 @@ class Citizen(Resident):
             soc.conversations.request(self.index, self.name, who, self.place)
         elif decision == "react":
             await self.plan_hour(minute, note=f"You just noticed: {what}. ({out.reason})")
-
-    # ---- conversations ---------------------------------------------------------------------------
 
     async def exchange(self, conv: Conversation) -> None:
         """One round of a conversation this resident started: each side speaks once, the other replying."""
@@ -342,8 +361,6 @@ class Citizen(Resident):
         out: list[Action] = [GoTo(self.place)] if self.is_moving else []
         return [*out, SetActivity(f"talking with {conv.other(self.name)}", "💬")]
 
-    # ---- reflecting ------------------------------------------------------------------------------
-
     async def reflect(self) -> None:
         """Ask what the recent memories raise, retrieve for each question, write insights with evidence."""
         soc = self.society
@@ -374,8 +391,6 @@ class Citizen(Resident):
                 self.remember("reflection", ins.insight, evidence=evidence)
                 written.append({"insight": ins.insight, "evidence": list(evidence)})
         self.log("reflection", questions=list(qs.questions), insights=written)
-
-    # ---- acting ----------------------------------------------------------------------------------
 
     def act(self, minute: int) -> list[Action]:
         """The world actions of the current action: walk there, or do it there (using an object)."""
@@ -421,8 +436,6 @@ class Citizen(Resident):
             return [GoTo(self.home_place)]
         return [] if self.is_moving or self.activity == "sleeping" else [SetActivity("sleeping", "😴")]
 
-    # ---- interviews and inspection ---------------------------------------------------------------
-
     async def interview(self, question: str) -> str:
         """Answer in character from retrieved memories (does not change what the resident remembers)."""
         got = self.recall(question, 6, touch=False)
@@ -452,7 +465,9 @@ class Citizen(Resident):
             "activity": self.activity,
             "emoji": self.emoji,
             "place": self.place,
-            "plan": [f"{hhmm(s.start)}–{hhmm(s.end)} {s.activity} ({s.place})" for s in self.schedule],
+            "plan": [
+                f"{format_minutes(s.start)}–{format_minutes(s.end)} {s.activity} ({s.place})" for s in self.schedule
+            ],
             "memories": [
                 {
                     "text": r.memory.text,
@@ -468,8 +483,6 @@ class Citizen(Resident):
                 for b, d in self.town.social.acquaintances(self.name)
             ],
         }
-
-    # ---- save and restore ------------------------------------------------------------------------
 
     def mind_state(self) -> dict:
         return {
@@ -492,13 +505,14 @@ class Citizen(Resident):
         self.current = Slot(**state["current"]) if state["current"] else None
 
 
-def _m(hhmm_text: str) -> int:
-    h, m = hhmm_text.split(":")
-    return int(h) * 60 + int(m)
-
-
 def _slot_json(s: Slot) -> dict:
-    return {"start": hhmm(s.start), "end": hhmm(s.end), "activity": s.activity, "place": s.place, "emoji": s.emoji}
+    return {
+        "start": format_minutes(s.start),
+        "end": format_minutes(s.end),
+        "activity": s.activity,
+        "place": s.place,
+        "emoji": s.emoji,
+    }
 
 
 def begin_step(town: Town, society: Society) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simulacra.world import parse_time_of_day
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -20,16 +22,6 @@ class Slot:
     activity: str
     place: str
     emoji: str = ""
-
-
-def parse_hhmm(text: str) -> int:
-    h, m = text.split(":")
-    return int(h) * 60 + int(m)
-
-
-def hhmm(minutes: int) -> str:
-    minutes %= 24 * 60
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def day_bounds(wake: int, sleep: int) -> tuple[int, int]:
@@ -67,7 +59,7 @@ def schedule_slots(blocks: list[tuple[str, str, str]], wake: int, sleep: int, ho
     start, end = day_bounds(wake, sleep)
     items = []
     for t, activity, place in blocks:
-        m = parse_hhmm(t)
+        m = parse_time_of_day(t)
         if m < wake - 60:  # an early-morning hour written for after midnight
             m += 24 * 60
         items.append((m, activity, place, ""))

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from simulacra.world import format_minutes
+
 EMOJIS = (
     "😴", "🍳", "☕", "🍽️", "🚶", "💼", "📚", "✍️", "🧹", "🛒", "🌳", "🎨", "🎵", "🗣️", "💬",
     "🏠", "🧑‍🍳", "🍞", "🌹", "🔧", "📖", "🧒", "🎉", "🏃", "🛁", "📞", "💻", "🧺", "🍺", "🙂",
@@ -59,10 +61,6 @@ class YesNo(BaseModel):
     answer: Literal["yes", "no"]
 
 
-def _hhmm(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
-
-
 class TownSchemas:
     """The schemas whose valid values come from one town: its places and waking hours."""
 
@@ -70,8 +68,8 @@ class TownSchemas:
         self.places = list(places)
         place = Literal[tuple(self.places)]  # type: ignore[valid-type]
         emoji = Literal[EMOJIS]  # type: ignore[valid-type]
-        wake = Literal[tuple(_hhmm(m) for m in range(5 * 60, 10 * 60 + 1, 30))]  # type: ignore[valid-type]
-        hours = Literal[tuple(_hhmm(h * 60) for h in range(24))]  # type: ignore[valid-type]
+        wake = Literal[tuple(format_minutes(m) for m in range(5 * 60, 10 * 60 + 1, 30))]  # type: ignore[valid-type]
+        hours = Literal[tuple(format_minutes(h * 60) for h in range(24))]  # type: ignore[valid-type]
 
         self.DayPlan = create_model(
             "DayPlan",

@@ -146,8 +146,6 @@ class Society:
         self._scores: list[tuple[int, MemoryStream, list[Memory], list[int]]] = []  # applied by end_step
         self.busy: frozenset[str] = frozenset()  # residents in a conversation at the start of the step
 
-    # ---- LLM calls -----------------------------------------------------------------------------
-
     async def ask(
         self,
         kind: str,
@@ -232,8 +230,6 @@ class Society:
         high, low = float((self._prototypes[0] @ v).max()), float((self._prototypes[1] @ v).max())
         return 1.0 + 9.0 / (1.0 + math.exp(-8.0 * (high - low)))
 
-    # ---- embeddings ----------------------------------------------------------------------------
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.embed(list(texts))
 
@@ -261,8 +257,6 @@ class Society:
             fut.set_exception(exc)
         else:
             fut.set_result(None)
-
-    # ---- the log -------------------------------------------------------------------------------
 
     def event(self, index: int, kind: str, resident: str, **data: Any) -> None:
         """Log an event; events come out ordered by (resident, order within the resident), not by timing."""

@@ -28,8 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from simulacra.scenario import parse_scenario  # noqa: E402
-from simulacra.town_generator import generate_scenario  # noqa: E402
+from simulacra.scenario import generate_scenario, parse_scenario  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

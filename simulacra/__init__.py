@@ -38,13 +38,12 @@ __all__ = ["Run", "Scenario", "Simulation", "__version__", "generate_town", "loa
 
 
 def generate_town(residents: int, seed: int = 0) -> Scenario:
-    """A validated scenario for a generated town of ``residents`` people (``town_generator.generate_scenario``).
+    """A validated scenario for a generated town of ``residents`` people (``simulacra.scenario.generate_scenario``).
 
-    Write it out with ``simulacra.town_generator.dump_scenario(scenario.definition.model_dump(mode="json"))``
+    Write it out with ``simulacra.scenario.dump_scenario(scenario.definition.model_dump(mode="json"))``
     when a run directory needs it as a file.
     """
-    from simulacra.scenario import parse_scenario
-    from simulacra.town_generator import generate_scenario
+    from simulacra.scenario import generate_scenario, parse_scenario
 
     return parse_scenario(generate_scenario(residents, seed), source=f"<generated town of {residents}, seed {seed}>")
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from simulacra.inference.errors import ModelLoadError
 from simulacra.run_cli import register as register_run_commands
-from simulacra.scenario_cli import scenario_app
+from simulacra.scenario.cli import register as register_scenario_commands
 
 app = typer.Typer(
     help="Generative-agent town simulations on one shared local inference engine.",
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-app.add_typer(scenario_app, name="scenario")
+register_scenario_commands(app)
 register_run_commands(app)
 
 

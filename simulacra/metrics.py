@@ -14,9 +14,9 @@ import re
 from collections import Counter
 from typing import Any
 
-from simulacra.agents.planning import parse_hhmm
 from simulacra.simulation import Simulation
 from simulacra.storage import RunStore
+from simulacra.world import parse_time_of_day
 
 
 def step_metrics(sim: Simulation) -> dict[str, float]:
@@ -134,7 +134,7 @@ def planned_to_attend(store: RunStore, sim: Simulation, ev: Any) -> set[str]:
             hour_plans.setdefault(e["resident"], []).extend(e["actions"])
 
     def there(slot: dict) -> bool:
-        start, end = (parse_hhmm(slot[k]) for k in ("start", "end"))
+        start, end = (parse_time_of_day(slot[k]) for k in ("start", "end"))
         end = end if end > start else end + 24 * 60  # a slot running past midnight
         return _area(slot["place"]) == area and start < hi and end > lo
 

@@ -22,10 +22,9 @@ from simulacra.agents.society import TextEmbedder
 from simulacra.inference.port import LLM
 from simulacra.metrics import step_metrics
 from simulacra.run import Run
-from simulacra.scenario import Scenario, load_scenario, resolve_scenario_path
+from simulacra.scenario import Scenario, dump_scenario, generate_scenario, load_scenario, resolve_scenario_path
 from simulacra.simulation import Simulation
 from simulacra.storage import DB_NAME, RunError
-from simulacra.town_generator import dump_scenario, generate_scenario
 
 if TYPE_CHECKING:
     import mesa

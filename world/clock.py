@@ -35,7 +35,12 @@ def parse_time_of_day(value: str | time | int) -> int:
 
 
 def format_minutes(minute: int) -> str:
-    """``"HH:MM"`` for a minute of the day."""
+    """``"HH:MM"`` for a minute of the day; minutes past midnight wrap (1500 → ``"01:00"``, -30 → ``"23:30"``).
+
+    The one time-of-day formatter (``parse_time_of_day`` reads it back), for the world, the minds and
+    the scenario files alike.
+    """
+    minute %= 24 * 60
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
 

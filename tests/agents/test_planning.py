@@ -3,7 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulacra.agents.planning import hhmm, schedule_slots, sequence_slots, slot_at
+from simulacra.agents.planning import schedule_slots, sequence_slots, slot_at
+from simulacra.world import format_minutes
 
 
 def assert_covers(slots, start, end) -> None:
@@ -16,7 +17,7 @@ def test_schedule_covers_the_waking_day() -> None:
     blocks = [("12:00", "lunch", "Café"), ("09:00", "work", "Bakery"), ("09:00", "again", "X"), ("23:00", "late", "Y")]
     slots = schedule_slots(blocks, 7 * 60, 22 * 60, "Home")
     assert_covers(slots, 7 * 60, 22 * 60)
-    assert [(hhmm(s.start), s.activity) for s in slots] == [("07:00", "work"), ("12:00", "lunch")]
+    assert [(format_minutes(s.start), s.activity) for s in slots] == [("07:00", "work"), ("12:00", "lunch")]
 
 
 def test_schedule_past_midnight_and_empty_fallback() -> None:

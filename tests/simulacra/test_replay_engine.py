@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from simulacra.run import Run, replay
+from simulacra.scenario import dump_scenario, generate_scenario
 from simulacra.storage import RunStore
-from simulacra.town_generator import dump_scenario, generate_scenario
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from simulacra.scenario import (
     parse_scenario,
     resolve_scenario_path,
 )
-from simulacra.scenario_cli import scenario_app
+from simulacra.scenario.cli import scenario_app
 
 
 def test_town25_is_the_promised_town() -> None:

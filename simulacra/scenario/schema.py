@@ -3,9 +3,9 @@
 ``ScenarioDef`` and the ``*Def`` classes it nests describe one YAML scenario file (map, residents,
 information, events, simulation, model and measurement settings); the helpers before them read the
 forms an author writes (``17:00``, ``09:00-17:00``, ``weekdays``, ``1d 12h``) into plain values. The
-schema only checks shapes and values; cross-references between sections and the map itself are
-checked in ``simulacra.scenario``, and ``simulacra.scenario_yaml`` turns pydantic's errors into
-sentences, so this module depends on neither and both can import it.
+schema only checks shapes and values; cross-references between sections are checked in ``checks``,
+the map itself by building it (``loader``), and ``errors`` turns pydantic's errors into sentences,
+so this module imports no other part of the scenario package.
 """
 
 from __future__ import annotations
@@ -22,11 +22,8 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"weekdays": WEEKDAYS[:5], "daily": WEEKDAYS, "weekends": WEEKDAYS[5:]}
 
 
-def _time_of_day(v: Any) -> int:
-    return parse_time_of_day(v)
-
-
-def _hours(v: Any) -> Any:
+def parse_hours(v: Any) -> Any:
+    """``"09:00-17:00"`` (or a pair of times) as a pair of minutes of the day."""
     if isinstance(v, str):
         parts = v.split("-")
         if len(parts) != 2:
@@ -81,8 +78,8 @@ def duration_steps(text: str, minutes_per_step: int) -> int:
     return -(-total // minutes_per_step)
 
 
-TimeOfDay = Annotated[int, BeforeValidator(_time_of_day)]
-Hours = Annotated[tuple[int, int], BeforeValidator(_hours)]
+TimeOfDay = Annotated[int, BeforeValidator(parse_time_of_day)]
+Hours = Annotated[tuple[int, int], BeforeValidator(parse_hours)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Days = Annotated[list[Weekday], BeforeValidator(_days)]
 Duration = Annotated[str, BeforeValidator(parse_duration)]

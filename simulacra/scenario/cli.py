@@ -1,6 +1,8 @@
 """`simulacra scenario ...`: generate towns of any size and check scenario files.
 
-Registered on the main CLI with ``app.add_typer(scenario_app, name="scenario")``.
+``register(app)`` adds the ``scenario`` command group to the main CLI (``simulacra.cli``), as
+``simulacra.run_cli.register`` adds the run commands; ``scenario_app`` is the group itself (tests
+invoke it directly).
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from simulacra.scenario import ScenarioError, load_scenario, parse_scenario, resolve_scenario_path
-from simulacra.town_generator import dump_scenario, generate_scenario
+from simulacra.scenario.errors import ScenarioError
+from simulacra.scenario.generator import dump_scenario, generate_scenario
+from simulacra.scenario.loader import load_scenario, parse_scenario, resolve_scenario_path
 
 scenario_app = typer.Typer(help="Generate and check scenario files.", no_args_is_help=True, add_completion=False)
 console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``simulacra scenario generate`` / ``check`` to ``app``."""
+    app.add_typer(scenario_app, name="scenario")
 
 
 def _fail(exc: Exception) -> None:
