@@ -1,4 +1,9 @@
-"""A simple batched greedy `generate` for tests and the demo (the serving engine comes later)."""
+"""The reference decode loop: batched greedy generation over `ContiguousKV`, no paging, no scheduler.
+
+Not a second product path (`simulacra generate`, the server and the towns all run the engine): it is
+the plain oracle the engine's outputs are proved against (tests/inference/test_engine.py,
+test_server_engine.py, test_smollm2.py, bench/bf16_accuracy.py), kept small so it is obviously right.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The simple KV store: one contiguous K/V tensor per (layer, sequence).
 
-Used by parity tests (no past) and by the batched greedy `generate`; the serving engine brings its
-own paged store with the same `attend` method.
+Used by parity tests (no past) and by the reference decode loop (`generate.py`); the serving engine
+brings its own paged store with the same `attend` method.
 """
 
 from __future__ import annotations

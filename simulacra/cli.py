@@ -63,26 +63,36 @@ def generate(
     max_tokens: int = typer.Option(64, min=1, max=4096),
     chat: bool = typer.Option(True, help="wrap the prompt in the model's chat template"),
 ) -> None:
-    """Greedy continuation of PROMPT (a quick check that the model core works)."""
-    from simulacra.inference.generate import greedy_generate
-    from simulacra.inference.loader import load_model
+    """Greedy continuation of PROMPT through the engine (a quick check that the model works)."""
+    import asyncio
+
+    from simulacra.inference.engine import Engine
+    from simulacra.inference.port import RequestError
 
     try:
         t0 = time.perf_counter()
-        lm = load_model(model)
+        engine = Engine(model)
         loaded = time.perf_counter() - t0
-    except ModelLoadError as exc:
+    except (ModelLoadError, ValueError) as exc:
         _fail(exc)
-    tok = lm.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-    ids = tok.encode(text, add_special_tokens=not chat)
+    request = [{"role": "user", "content": prompt}] if chat else prompt
+
+    async def complete():  # noqa: ANN202
+        try:
+            return await engine.generate(request, max_tokens=max_tokens, temperature=0.0)
+        finally:
+            await engine.aclose()
+
     t0 = time.perf_counter()
-    out = greedy_generate(lm.model, [ids], max_tokens, stop_ids=tok.eos_ids)[0]
+    try:
+        out = asyncio.run(complete())
+    except RequestError as exc:
+        _fail(exc)
     dt = time.perf_counter() - t0
-    console.print(tok.decode(out))
+    console.print(out.text)
     console.print(
-        f"[dim]{len(ids)} prompt + {len(out)} new tokens in {dt:.2f}s; model loaded in {loaded:.1f}s "
-        f"({lm.model.dtype})[/dim]"
+        f"[dim]{out.prompt_tokens} prompt + {out.completion_tokens} new tokens in {dt:.2f}s; model loaded in "
+        f"{loaded:.1f}s ({engine.lm.model.dtype})[/dim]"
     )
 
 
