@@ -22,8 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel
 
-from simulacra.inference.port import LLM, RequestError
-from simulacra.inference.recording import call_meta
+from simulacra.inference.port import LLM, RequestError, call_meta
 
 from . import prompts
 from .conversation import Conversations

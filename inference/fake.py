@@ -28,8 +28,10 @@ from simulacra.inference.port import (
     Schema,
     StreamEvent,
     parse_output,
+    prompt_text,
+    split_deltas,
+    split_request,
 )
-from simulacra.inference.recording import prompt_text, split_deltas, split_request
 
 __all__ = ["ScriptExhaustedError", "ScriptedCall", "ScriptedLLM", "count_tokens"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from simulacra.inference.recording import prompt_text
+from simulacra.inference.port import prompt_text
 
 
 def fill(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:

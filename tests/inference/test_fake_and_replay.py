@@ -9,16 +9,14 @@ import pytest
 from pydantic import BaseModel
 
 from simulacra.inference.fake import ScriptedLLM, ScriptExhaustedError, check_json_schema
-from simulacra.inference.port import LLM, RequestError, SamplingParams
+from simulacra.inference.port import LLM, RequestError, SamplingParams, call_meta, request_key
 from simulacra.inference.recording import (
     CallRecord,
     JsonlSink,
     RecordingLLM,
     ReplayLLM,
     ReplayMissError,
-    call_meta,
     read_jsonl,
-    request_key,
     write_jsonl,
 )
 
