@@ -13,11 +13,22 @@ SGLang and llama.cpp read it; `seed` and `stop` are OpenAI fields.
 
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (honouring
 `Retry-After`); any other 4xx raises `RequestError` with the server's message, at once.
+
+A server that misbehaves after saying 200 is reported, never taken at its word: a body that is
+not an OpenAI answer, a stream that ends before `data: [DONE]` (or a final `finish_reason`), an
+event that is not JSON, a connection dropped mid-answer. Each `HTTPBackendError` names the URL,
+what was wrong and the first bytes received. Such a failure is retried while retrying is safe (a
+non-streamed answer; a stream before its first delta reached the caller, since the request has
+no side effects), and raised once a delta has been passed on, so a caller never gets half an
+answer as if it were whole. Every attempt is bounded twice: `timeout` for each network operation
+and `total_timeout` for the whole attempt (a server trickling keep-alive comments cannot hold a
+request forever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import random
 import time
@@ -34,9 +45,11 @@ from simulacra.inference.port import (
     SamplingParams,
     Schema,
     StreamEvent,
-    parse_output,
+    parse_reply,
+    schema_json,
+    schema_name,
+    split_request,
 )
-from simulacra.inference.recording import schema_json, schema_name, split_request
 
 __all__ = ["HTTPBackendError", "HTTPBackendTimeout", "OpenAIHTTPBackend"]
 
@@ -61,8 +74,10 @@ class OpenAIHTTPBackend:
     `base_url` is the server's root or its `/v1` URL (`http://host:8000` and `http://host:8000/v1`
     mean the same). `timeout` is httpx's per-operation timeout in seconds (connect, each read, ...);
     `max_retries` counts retries after the first attempt; the n-th waits `backoff * 2**n` seconds
-    (with jitter, capped at `max_backoff`). `transport` replaces the network (httpx.MockTransport in
-    tests); `extra_body` is merged into every request body (server-specific fields).
+    (with jitter, capped at `max_backoff`). `total_timeout` bounds one attempt end to end (sending,
+    waiting and reading the whole answer or stream), whatever the server does. `transport` replaces
+    the network (httpx.MockTransport in tests); `extra_body` is merged into every request body
+    (server-specific fields).
     """
 
     def __init__(
@@ -76,6 +91,7 @@ class OpenAIHTTPBackend:
         backoff: float = 0.5,
         max_backoff: float = 20.0,
         max_connections: int = 256,
+        total_timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
@@ -89,6 +105,7 @@ class OpenAIHTTPBackend:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.total_timeout = float(total_timeout)
         self.extra_body = dict(extra_body or {})
         self._transport = transport
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -171,9 +188,13 @@ class OpenAIHTTPBackend:
             failure: str
             try:
                 request = self.client.build_request("POST", path, json=body)
-                response = await self.client.send(request, stream=stream)
+                response = await asyncio.wait_for(self.client.send(request, stream=stream), self.total_timeout)
             except httpx.TimeoutException as exc:
                 failure, timed_out = f"timed out after {self.timeout} s ({type(exc).__name__})", True
+            except TimeoutError:
+                failure, timed_out = f"no whole answer within total_timeout={self.total_timeout} s", True
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                failure, timed_out = f"the connection broke mid-answer: {type(exc).__name__}: {exc}", False
             except (httpx.TransportError, OSError) as exc:
                 failure, timed_out = f"could not reach the server: {type(exc).__name__}: {exc}", False
             else:
@@ -202,7 +223,7 @@ class OpenAIHTTPBackend:
     ) -> GenerateResult:
         finish = "length" if finish == "length" else ("stop" if finish in (None, "stop", "eos") else finish)
         text = _unquote_choice(text, schema)
-        parsed = parse_output(schema, text) if schema is not None and finish == "stop" else None
+        parsed = parse_reply(schema, text, finish)
         usage = usage or {}
         details = usage.get("prompt_tokens_details") or {}
         result = GenerateResult(
@@ -229,61 +250,108 @@ class OpenAIHTTPBackend:
         self._counters["running"] += 1
         t0 = time.perf_counter()
         try:
-            response = await self._send(path, body, stream=False)
+            attempt = 0
+            while True:  # bounded: max_retries + 1 readable-answer attempts, each bounded by _send
+                response = await self._send(path, body, stream=False)
+                try:
+                    text, finish, usage = _read_answer(response)
+                    break
+                except ValueError as exc:
+                    failure = (
+                        f"HTTP {response.status_code} but the body is not an OpenAI answer ({exc}); "
+                        f"{len(response.content)} bytes, first bytes: {response.content[:200]!r}"
+                    )
+                if attempt >= self.max_retries:
+                    self._counters["errors"] += 1
+                    raise HTTPBackendError(
+                        f"{self.base_url}{path}: {failure} (gave up after {attempt + 1} attempt(s))",
+                        response.status_code,
+                    )
+                await asyncio.sleep(self._delay(attempt, None))
+                attempt += 1
+                self._counters["retries"] += 1
         finally:
             self._counters["running"] -= 1
-        try:
-            data = response.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"] if "message" in choice else choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise HTTPBackendError(f"{self.base_url}{path}: unreadable answer: {response.text[:200]!r}") from exc
         timings = {"total_s": time.perf_counter() - t0}
-        return self._result(text or "", choice.get("finish_reason"), data.get("usage"), schema, timings)
+        return self._result(text, finish, usage, schema, timings)
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """Server-sent events as deltas; the last event carries the result (with the server's usage).
 
         With a list of choices the deltas would be pieces of a quoted JSON string, so the whole
-        (unquoted) choice comes as one delta at the end instead.
+        (unquoted) choice comes as one delta at the end instead. A stream that breaks before its
+        first delta reached the caller is retried; after that, the break is raised.
         """
         params, schema = split_request(kwargs)
         params.validate()
         path, body = self._body(prompt, params, schema, stream=True)
+        url = f"{self.base_url}{path}"
         self._counters["requests"] += 1
         self._counters["running"] += 1
         t0 = time.perf_counter()
-        first_token_s: float | None = None
-        parts: list[str] = []
-        finish: str | None = None
-        usage: dict[str, Any] | None = None
         hold = isinstance(schema, list | tuple)
+        yielded = 0
+        attempt = 0
         try:
-            response = await self._send(path, body, stream=True)
-            try:
-                async for data in _sse_events(response):
-                    if data.get("error"):
-                        err = data["error"]
-                        message = err.get("message", err) if isinstance(err, dict) else err
-                        raise HTTPBackendError(f"{self.base_url}{path}: the stream failed: {message}")
-                    if data.get("usage"):
-                        usage = data["usage"]
-                    for choice in data.get("choices") or []:
-                        delta = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                        if delta:
-                            if first_token_s is None:
-                                first_token_s = time.perf_counter() - t0
-                            parts.append(delta)
-                            if not hold:
-                                yield StreamEvent(delta)
-            except httpx.TimeoutException as exc:
-                raise HTTPBackendTimeout(f"{self.base_url}{path}: the stream stalled for {self.timeout} s") from exc
-            except (httpx.TransportError, OSError) as exc:
-                raise HTTPBackendError(f"{self.base_url}{path}: the stream broke: {exc}") from exc
-            finally:
-                await response.aclose()
+            while True:  # bounded: max_retries + 1 stream attempts, each bounded by total_timeout
+                first_token_s: float | None = None
+                parts: list[str] = []
+                finish: str | None = None
+                usage: dict[str, Any] | None = None
+                response = await self._send(path, body, stream=True)  # connection, status: retried in there
+                reader = _SSEReader(response, url, self.total_timeout)
+                failure: HTTPBackendError | None = None
+                try:
+                    async for data in reader.events():
+                        if data.get("error"):
+                            err = data["error"]
+                            message = err.get("message", err) if isinstance(err, dict) else err
+                            raise HTTPBackendError(f"{url}: the stream failed: {message}")
+                        if data.get("usage"):
+                            usage = data["usage"]
+                        for choice in data.get("choices") or []:
+                            if not isinstance(choice, dict):
+                                raise _StreamFault(reader.error(f"a choice that is not an object: {choice!r:.100}"))
+                            if "delta" in choice:
+                                delta = (choice.get("delta") or {}).get("content")
+                            else:
+                                delta = choice.get("text")
+                            if delta is not None and not isinstance(delta, str):
+                                raise _StreamFault(reader.error(f"a delta that is not text: {delta!r:.100}"))
+                            if choice.get("finish_reason"):
+                                finish = choice["finish_reason"]
+                            if delta:
+                                if first_token_s is None:
+                                    first_token_s = time.perf_counter() - t0
+                                parts.append(delta)
+                                if not hold:
+                                    yielded += 1
+                                    yield StreamEvent(delta)
+                    if not reader.done and finish is None:
+                        what = "the stream ended before the answer was complete (no finish_reason, no [DONE])"
+                        raise _StreamFault(reader.error(what))
+                except _StreamFault as exc:
+                    failure = exc.error
+                except httpx.TimeoutException as exc:
+                    what = f"the stream stalled for {self.timeout} s ({type(exc).__name__})"
+                    failure = reader.error(what, timeout=True)
+                except (httpx.TransportError, OSError) as exc:
+                    failure = reader.error(f"the stream broke: {type(exc).__name__}: {exc}")
+                finally:
+                    await response.aclose()
+                if failure is None:
+                    break
+                if yielded or attempt >= self.max_retries:
+                    self._counters["errors"] += 1
+                    why = (
+                        f"; {yielded} delta(s) had already been passed on, so it was not retried"
+                        if yielded
+                        else f" (gave up after {attempt + 1} attempt(s))"
+                    )
+                    raise type(failure)(f"{failure}{why}", failure.status) from failure.__cause__
+                await asyncio.sleep(self._delay(attempt, None))
+                attempt += 1
+                self._counters["retries"] += 1
         finally:
             self._counters["running"] -= 1
         timings = {"total_s": time.perf_counter() - t0}
@@ -306,25 +374,123 @@ class OpenAIHTTPBackend:
 # ----------------------------------------------------------------------------- helpers
 
 
-async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent event stream, up to `data: [DONE]`."""
-    data_lines: list[str] = []
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-            continue
-        if line.strip() or not data_lines:  # comments (": ping"), event names, ids, or a stray blank line
-            continue
-        payload = "\n".join(data_lines)
-        data_lines = []
+def _read_answer(response: httpx.Response) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(text, finish_reason, usage) of a non-streamed answer; ValueError saying what is missing."""
+    try:
+        data = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices")
+    choice = choices[0]
+    if "message" in choice:
+        message = choice["message"]
+        text = message.get("content") if isinstance(message, dict) else None
+    elif "text" in choice:
+        text = choice["text"]
+    else:
+        raise ValueError("the choice has neither message nor text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"the answer's text is a {type(text).__name__}")
+    usage = data.get("usage")
+    return text or "", choice.get("finish_reason"), usage if isinstance(usage, dict) else None
+
+
+class _StreamFault(Exception):
+    def __init__(self, error: HTTPBackendError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _SSEReader:
+    """The JSON payloads of one server-sent event stream, up to `data: [DONE]`.
+
+    Keeps the first bytes received and a count, for messages; every read is bounded by the
+    attempt's deadline (`total_timeout`) as well as by httpx's per-read timeout.
+    """
+
+    HEAD = 200
+
+    def __init__(self, response: httpx.Response, url: str, total_timeout: float) -> None:
+        self.response = response
+        self.url = url
+        self.deadline = asyncio.get_running_loop().time() + total_timeout
+        self.total_timeout = total_timeout
+        self.head = b""
+        self.received = 0
+        self.done = False
+
+    def error(self, what: str, *, timeout: bool = False) -> HTTPBackendError:
+        cls = HTTPBackendTimeout if timeout else HTTPBackendError
+        return cls(
+            f"{self.url}: {what}; {self.received} bytes received, first bytes: {self.head!r}",
+            self.response.status_code,
+        )
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        it = self.response.aiter_bytes()
+        loop = asyncio.get_running_loop()
+        while True:
+            left = self.deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(it.__anext__(), left)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _StreamFault(
+                    self.error(f"the stream was not finished within total_timeout={self.total_timeout} s", timeout=True)
+                ) from None
+            if len(self.head) < self.HEAD:
+                self.head += chunk[: self.HEAD - len(self.head)]
+            self.received += len(chunk)
+            yield chunk
+
+    def _payload(self, lines: list[str]) -> dict[str, Any] | None:
+        payload = "\n".join(lines)
         if payload.strip() == "[DONE]":
-            return
+            self.done = True
+            return None
         try:
-            yield json.loads(payload)
+            data = json.loads(payload)
         except ValueError as exc:
-            raise HTTPBackendError(f"unreadable server-sent event: {payload[:200]!r}") from exc
-    if data_lines and "\n".join(data_lines).strip() != "[DONE]":
-        yield json.loads("\n".join(data_lines))
+            raise _StreamFault(self.error(f"a server-sent event that is not JSON: {payload[:200]!r}")) from exc
+        if not isinstance(data, dict):
+            raise _StreamFault(self.error(f"a server-sent event that is not a JSON object: {payload[:200]!r}"))
+        return data
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        buf = ""
+        data_lines: list[str] = []
+        async for chunk in self._chunks():
+            try:
+                buf += decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise _StreamFault(self.error(f"the stream is not UTF-8 text ({exc.reason})")) from exc
+            while "\n" in buf:
+                line, buf = buf.split("\n", 1)
+                line = line.rstrip("\r")
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].lstrip(" "))
+                    continue
+                if line.strip() or not data_lines:  # comments (": ping"), event names, ids, a stray blank line
+                    continue
+                data, data_lines = self._payload(data_lines), []
+                if self.done:
+                    return
+                yield data
+        tail = buf.rstrip("\r")
+        if tail.startswith("data:"):
+            data_lines.append(tail[5:].lstrip(" "))
+        if data_lines:  # a last event without its blank line
+            data = self._payload(data_lines)
+            if data is not None:
+                yield data
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -127,6 +127,19 @@ def parse_output(schema: Schema, text: str) -> Any:
     raise RequestError(f"unsupported schema type {type(schema).__name__}", "schema", "invalid_schema")
 
 
+def parse_reply(schema: Schema, text: str, finish_reason: str) -> Any:
+    """`parsed` of a finished reply: a whole reply must parse; one ended by its budget may (the engine
+    closes constrained output within the budget, other servers may cut it), else None."""
+    if schema is None or finish_reason not in ("stop", "length"):
+        return None
+    if finish_reason == "stop":
+        return parse_output(schema, text)
+    try:
+        return parse_output(schema, text)
+    except RequestError:
+        return None
+
+
 # What every backend shares: how a request is read and named, and who made it (`call_meta`).
 
 

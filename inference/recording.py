@@ -12,7 +12,6 @@ around its calls with `port.call_meta(...)`; it lands in `CallRecord.meta`, and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections import Counter, defaultdict
@@ -32,7 +31,7 @@ from simulacra.inference.port import (
     StreamEvent,
     current_meta,
     jsonable,
-    parse_output,
+    parse_reply,
     prompt_text,
     request_key,
     schema_json,
@@ -74,15 +73,9 @@ class CallRecord(BaseModel):
 
     def to_result(self, schema: Schema = None) -> GenerateResult:
         """The recorded answer as a fresh result; `parsed` is re-parsed with the caller's schema."""
-        parsed = None
-        if schema is not None and self.finish_reason == "stop":
-            parsed = parse_output(schema, self.text)
-        elif schema is not None and self.finish_reason == "length":  # the engine's budget closed it, or cut it
-            with contextlib.suppress(RequestError):
-                parsed = parse_output(schema, self.text)
         return GenerateResult(
             text=self.text,
-            parsed=parsed,
+            parsed=parse_reply(schema, self.text, self.finish_reason),
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,

@@ -4,6 +4,10 @@ A run directory holds ``run.db``, ``scenario.yaml`` (the scenario as run) and ``
 model and its hash, backend, engine settings, versions). ``Run.create`` starts one, ``Run.open``
 continues one from its last committed step, ``replay`` re-executes one from its recorded LLM calls
 (no model needed) and reports whether the events come out identical.
+
+A process that writes a run holds its ``RunLock`` (``run.lock``) from ``create`` / ``arun`` until
+``aclose``; a second one is told who holds it. ``continue_from`` continues a damaged run from its
+last good step in a new directory (``simulacra resume RUN --from-step N``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import simulacra
 from simulacra.agents import MindConfig, RetrievalWeights
@@ -32,7 +36,7 @@ from simulacra.inference.recording import CallRecord, RecordingLLM, ReplayLLM
 from simulacra.metrics import step_metrics
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation, mind_config
-from simulacra.storage import RunError, RunStore, StepData
+from simulacra.storage import RunError, RunLock, RunStore, StepData, damaged, fork_run, require_run_dir
 
 
 @dataclass
@@ -101,6 +105,14 @@ def _unique_dir(root: Path, name: str, seed: int) -> Path:
     return path
 
 
+def _free_path(base: Path) -> Path:
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"
 
@@ -108,9 +120,18 @@ def _slug(text: str) -> str:
 class Run:
     """A simulation tied to its run directory."""
 
-    def __init__(self, sim: Simulation, store: RunStore, records: list[CallRecord], llm: LLM, target: int) -> None:
+    def __init__(
+        self,
+        sim: Simulation,
+        store: RunStore,
+        records: list[CallRecord],
+        llm: LLM,
+        target: int,
+        lock: RunLock | None = None,
+    ) -> None:
         self.sim = sim
         self.store = store
+        self.lock = lock or RunLock(store.dir)  # held while this process writes the run
         self.records = records
         self.llm = llm  # the backend itself (closed by ``aclose``)
         self.steps_target = target
@@ -149,58 +170,141 @@ class Run:
         path = Path(run_dir) if run_dir else _unique_dir(Path(out), _slug(d.name), seed)
         if (path / "run.db").exists():
             raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
-        config = config or mind_config(scenario, seed)
-        llm = llm or make_llm(backend)
-        store = RunStore(path, create=True)
-        shutil.copyfile(scenario_path, path / "scenario.yaml")
-        model_path = _model_path(llm, backend)
-        model_sha256 = file_sha256(model_path) if model_path else ""
-        settings = {
-            "backend": asdict(backend),
-            "engine": _engine_settings(llm),
-            "mind": _config_json(config),
-            "hours": hours,
-            "versions": _versions(),
-            "argv": sys.argv,
-        }
-        store.start(
-            scenario=d.name,
-            seed=seed,
-            model=model_path,
-            model_sha256=model_sha256,
-            settings=settings,
-            steps_target=target,
-        )
-        meta = {"scenario": d.name, "seed": seed, "model": model_path, "model_sha256": model_sha256, **settings}
-        (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        records: list[CallRecord] = []
-        sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=seed, config=config)
-        run = cls(sim, store, records, llm, target)
-        run._commit(0.0)  # step 0: the starting state, seed memories, the first frame
+        made = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the run directory {path}: {exc.strerror}") from exc
+        lock = RunLock(path).acquire()  # before anything is written: two creates of one directory collide here
+        try:
+            if (path / "run.db").exists():
+                raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
+            config = config or mind_config(scenario, seed)
+            llm = llm or make_llm(backend)
+            model_path = _model_path(llm, backend)
+            model_sha256 = file_sha256(model_path) if model_path else ""
+            settings = {
+                "backend": asdict(backend),
+                "engine": _engine_settings(llm),
+                "mind": _config_json(config),
+                "hours": hours,
+                "versions": _versions(),
+                "argv": sys.argv,
+            }
+            meta = {"scenario": d.name, "seed": seed, "model": model_path, "model_sha256": model_sha256, **settings}
+            try:
+                store = RunStore(path, create=True)
+                shutil.copyfile(scenario_path, path / "scenario.yaml")
+                store.start(
+                    scenario=d.name,
+                    seed=seed,
+                    model=model_path,
+                    model_sha256=model_sha256,
+                    settings=settings,
+                    steps_target=target,
+                )
+                (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+            except (OSError, OperationalError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else exc.orig
+                raise RunError(
+                    f"could not start the run in {path}: {why}. Free disk space, delete {path} and start again"
+                ) from exc
+            records: list[CallRecord] = []
+            sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=seed, config=config)
+            run = cls(sim, store, records, llm, target, lock)
+            run._commit(0.0)  # step 0: the starting state, seed memories, the first frame
+        except BaseException:
+            lock.release()
+            if made and not (path / "run.db").exists():  # nothing was started: leave no directory behind
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         return run
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, llm: LLM | None = None, embedder: TextEmbedder | None = None) -> Run:
-        """Continue a run from its last committed step (resume, interview, view)."""
-        store = RunStore(run_dir)
-        info = store.info()
-        settings = json.loads(info.settings)
-        scenario = load_scenario(Path(run_dir) / "scenario.yaml")
-        backend = Backend(**settings["backend"])
-        llm = llm or make_llm(backend)
-        config = _config_from_json(settings["mind"])
-        records: list[CallRecord] = []
-        sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=info.seed, config=config)
-        last = store.last_step()
-        if last is None:
-            raise RunError(f"{store.path}: no step was ever committed; start the run again")
-        sim.load_state_dict(json.loads(last.state))
-        store.load_memories(sim.society.memories)
-        run = cls(sim, store, records, llm, info.steps_target)
-        run.wall_s = store.wall_s()
-        first = store.metrics()
-        run.first_metrics = {k: v[0][1] for k, v in first.items() if v}
+    def open(
+        cls,
+        run_dir: str | Path,
+        *,
+        llm: LLM | None = None,
+        embedder: TextEmbedder | None = None,
+        lock: bool = False,
+    ) -> Run:
+        """Continue a run from its last committed step (resume, interview, view).
+
+        ``lock``: take the run's lock now (a resume: fail at once, before a model loads, if another
+        process runs it, and check the whole database before writing to it); otherwise ``arun``
+        takes it before the first write."""
+        require_run_dir(run_dir)
+        held = RunLock(run_dir).acquire() if lock else None
+        store: RunStore | None = None
+        try:
+            store = RunStore(run_dir, lock=held)
+            info = store.info()
+            settings = json.loads(info.settings)
+            scenario = load_scenario(Path(run_dir) / "scenario.yaml")
+            last = store.last_step()
+            if last is None:
+                raise RunError(
+                    f"{store.path}: no step was ever committed (the run was stopped while starting); nothing can be "
+                    f"resumed: delete {store.dir} and start the run again"
+                )
+            try:
+                state = json.loads(last.state)
+            except ValueError as exc:
+                raise damaged(
+                    store.dir, f"the saved state of step {last.step} (the last) does not parse ({exc})"
+                ) from exc
+            backend = Backend(**settings["backend"])
+            llm = llm or make_llm(backend)
+            config = _config_from_json(settings["mind"])
+            records: list[CallRecord] = []
+            sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=info.seed, config=config)
+            try:
+                sim.load_state_dict(state)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise damaged(
+                    store.dir, f"the saved state of step {last.step} (the last) does not fit this town ({exc!r:.200})"
+                ) from exc
+            store.load_memories(sim.society.memories)
+            run = cls(sim, store, records, llm, info.steps_target, held)
+            run.wall_s = store.wall_s()
+            first = store.metrics()
+            run.first_metrics = {k: v[0][1] for k, v in first.items() if v}
+        except BaseException:
+            if store is not None:
+                store.close()
+            if held is not None:
+                held.release()
+            raise
         return run
+
+    @classmethod
+    def continue_from(
+        cls,
+        run_dir: str | Path,
+        step: int,
+        out: str | Path | None = None,
+        *,
+        llm: LLM | None = None,
+        embedder: TextEmbedder | None = None,
+    ) -> Run:
+        """Copy ``run_dir``'s steps up to ``step`` into a new run directory (``out``, default ``RUN-from-step-N``)
+        and open that, locked, to continue. ``run_dir`` is only read (through a temporary copy)."""
+        src = Path(run_dir)
+        require_run_dir(src)
+        dest = Path(out) if out else _free_path(src.with_name(f"{src.name}-from-step-{step}"))
+        made = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(dest).acquire()
+        try:
+            fork_run(src, dest, step)
+        except BaseException:
+            lock.release()
+            if made:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
+        lock.release()
+        return cls.open(dest, llm=llm, embedder=embedder, lock=True)
 
     # ---- stepping --------------------------------------------------------------------------------
 
@@ -222,10 +326,21 @@ class Run:
         )
         try:
             self.store.commit_step(data, sim.society.memories)
+        except IntegrityError as exc:  # commit_step checks the step first; this is the database's own guard
+            raise RunError(
+                f"could not write step {data.step} to {self.store.path}: it is already there ({exc.orig}); the state "
+                f"in memory is stale. Nothing was written; resume with `simulacra resume {self.dir}`"
+            ) from exc
         except OperationalError as exc:
+            if data.step == 0:
+                raise RunError(
+                    f"could not write step 0 to {self.store.path}: {exc.orig}. The run has no saved step; free disk "
+                    f"space, delete {self.dir} and start it again"
+                ) from exc
             raise RunError(
                 f"could not write step {data.step} to {self.store.path}: {exc.orig}. Nothing of that step was kept; "
-                f"free disk space and continue with `simulacra resume {self.dir}`"
+                f"steps up to {data.step - 1} are saved. Free disk space and continue with "
+                f"`simulacra resume {self.dir}`"
             ) from exc
         self.records.clear()
 
@@ -247,7 +362,14 @@ class Run:
 
         ``between`` is awaited after each step (the viewer's pause and speed controls)."""
         target = self.steps_target if steps is None else min(self.sim.town.steps + steps, self.steps_target)
-        self.store.set_status("running", "")
+        self._hold()
+        try:
+            self.store.set_status("running", "")
+        except OperationalError as exc:
+            raise RunError(
+                f"could not write to {self.store.path}: {exc.orig}. Free disk space and continue with "
+                f"`simulacra resume {self.dir}`"
+            ) from exc
         done0, t_start = self.sim.town.steps, time.perf_counter()
         try:
             while self.sim.town.steps < target:
@@ -258,7 +380,7 @@ class Run:
                     await between()
         except (KeyboardInterrupt, asyncio.CancelledError):
             saved = self._saved_step()
-            self.store.set_status(
+            self._try_status(
                 "interrupted",
                 f"stopped during step {saved + 1}; steps up to {saved} are saved; "
                 f"continue with `simulacra resume {self.dir}`",
@@ -271,7 +393,20 @@ class Run:
             self._try_status("failed", f"{type(exc).__name__}: {exc} (in step {self._saved_step() + 1})")
             raise
         status = "finished" if self.sim.town.steps >= self.steps_target else "paused"
-        self.store.set_status(status, "")
+        self._try_status(status, "")  # the steps are saved (the last one marked the run finished) either way
+
+    def _hold(self) -> None:
+        """Take the run's lock (once) and make sure the state in memory is the last saved step's."""
+        if self.lock.held:
+            return
+        self.lock.acquire()
+        last = self.store.last_step()
+        if last is None or last.step != self.sim.town.steps:
+            self.lock.release()
+            raise RunError(
+                f"{self.store.path}: the run has moved on to step {last.step if last else None} since it was opened "
+                f"at step {self.sim.town.steps} (another process ran it); open it again to continue"
+            )
 
     def _saved_step(self) -> int:
         """The last committed step (the town in memory may be a step further, uncommitted)."""
@@ -304,8 +439,11 @@ class Run:
         )
 
     async def aclose(self) -> None:
-        await self.llm.aclose()
-        self.store.close()
+        try:
+            await self.llm.aclose()
+        finally:
+            self.store.close()
+            self.lock.release()
 
 
 def _frame_stats(stats: dict[str, float]) -> dict[str, float]:

@@ -103,6 +103,8 @@ async def _interview(run) -> dict:  # noqa: ANN001 - simulacra.run.Run
 
 
 def _go(coro) -> None:  # noqa: ANN001
+    from sqlalchemy.exc import DatabaseError
+
     from simulacra.storage import RunError
 
     try:
@@ -114,6 +116,20 @@ def _go(coro) -> None:  # noqa: ANN001
         raise typer.Exit(code=130) from None
     except RunError as exc:
         _fail(str(exc))
+    except DatabaseError as exc:  # a read the run's own checks did not cover
+        _fail(f"run.db could not be used: {exc.orig}. Run `simulacra runs` on its folder to see what is wrong")
+
+
+def _warn(run_dir: Path) -> None:
+    """Print what a cheap look finds wrong with a run that is still usable (replay, export)."""
+    from simulacra.storage import RunStore
+
+    store = RunStore(run_dir)
+    try:
+        for problem in store.problems():
+            console.print(f"[yellow]warning:[/yellow] {escape(str(store.path))}: {escape(problem)}", soft_wrap=True)
+    finally:
+        store.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -148,23 +164,46 @@ def register(app: typer.Typer) -> None:
     def resume(
         run_dir: Path = typer.Argument(..., help="a run directory"),
         hours: float = typer.Option(None, min=0.01, help="run this many more simulated hours (default: to the end)"),
+        from_step: int = typer.Option(
+            None, "--from-step", min=0, help="continue from this saved step in a new run directory (RUN is not changed)"
+        ),
+        out: Path = typer.Option(None, help="with --from-step: the new run directory (default: RUN-from-step-N)"),
         view: bool = typer.Option(False, "--view", help="serve the live viewer"),
         interview: bool = typer.Option(False, "--interview", help="interview every resident at the end"),
     ) -> None:
         """Continue a run from its last committed step (after a crash, Ctrl-C, or to run longer)."""
+        from sqlalchemy.exc import OperationalError
+
         from simulacra.run import Run
         from simulacra.storage import RunError
 
         try:
-            run_ = Run.open(run_dir)
+            if from_step is not None:
+                run_ = Run.continue_from(run_dir, from_step, out)
+                console.print(f"continuing {run_dir} from step {from_step} in {run_.dir} ({run_dir} is left as it is)")
+            else:
+                run_ = Run.open(run_dir, lock=True)
         except RunError as exc:
             _fail(str(exc))
-        steps = None
-        if hours is not None:
-            steps = round(hours * 60 / run_.sim.town.clock.minutes_per_step)
-            run_.steps_target = max(run_.steps_target, run_.sim.town.steps + steps)
-            run_.store.set_status("running", "", steps_target=run_.steps_target)
-        console.print(f"resuming {run_dir} at step {run_.sim.town.steps} of {run_.steps_target}")
+        try:
+            steps = None
+            if hours is not None:
+                steps = round(hours * 60 / run_.sim.town.clock.minutes_per_step)
+                run_.steps_target = max(run_.steps_target, run_.sim.town.steps + steps)
+                run_.store.set_status("running", "", steps_target=run_.steps_target)
+            elif run_.sim.town.steps >= run_.steps_target:
+                if run_.store.info().status != "finished":
+                    run_.store.set_status("finished", "")  # every step was saved; only the mark was missing
+                console.print(
+                    f"{run_.dir} is complete (step {run_.sim.town.steps} of {run_.steps_target}); nothing to resume. "
+                    f"Run it longer with `simulacra resume {run_.dir} --hours N`"
+                )
+                asyncio.run(run_.aclose())
+                return
+        except OperationalError as exc:
+            asyncio.run(run_.aclose())
+            _fail(f"could not write to {run_.store.path}: {exc.orig}. Free disk space and resume again")
+        console.print(f"resuming {run_.dir} at step {run_.sim.town.steps} of {run_.steps_target}")
         _go(_drive(run_, view, interview, steps))
 
     @app.command()
@@ -178,12 +217,16 @@ def register(app: typer.Typer) -> None:
         async def main():
             return await replay_run(run_dir, out)
 
+        from simulacra.inference.recording import ReplayMissError
         from simulacra.storage import RunError
 
         try:
+            _warn(run_dir)
             report = asyncio.run(main())
         except RunError as exc:
             _fail(str(exc))
+        except ReplayMissError as exc:
+            _fail(f"the replay of {run_dir} departed from its recorded calls: {exc}")
         if report.identical:
             console.print(f"identical: {report.events} events over {report.steps} steps ({report.run_dir})")
         else:
@@ -242,13 +285,18 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, help="output folder (default: RUN/export)"),
     ) -> None:
         """Write a run's events, memories, calls and metrics as parquet or CSV tables."""
+        from sqlalchemy.exc import DatabaseError
+
         from simulacra.export import export_run
-        from simulacra.storage import RunError
+        from simulacra.storage import RunError, damaged
 
         try:
+            _warn(run_dir)
             files = export_run(run_dir, format, out)
         except (RunError, ValueError) as exc:
             _fail(str(exc))
+        except DatabaseError as exc:
+            _fail(str(damaged(run_dir, f"could not read it for export ({exc.orig})")))
         for name, path in files.items():
             console.print(f"{name}: {path}")
 
@@ -289,15 +337,15 @@ def register(app: typer.Typer) -> None:
             table.add_column(c)
         for path, row, problem in list_runs(root):
             if row is None:
-                table.add_row(path.name, "", "", "[red]unreadable[/red]", "", "", problem)
+                table.add_row(path.name, "", "", "[red]unreadable[/red]", "", "", escape(problem))
             else:
                 table.add_row(
                     path.name,
                     row.scenario,
                     str(row.seed),
-                    row.status,
+                    row.status if not problem else f"[red]{row.status}, damaged[/red]",
                     f"{row.steps_done}/{row.steps_target}",
                     f"{row.updated_at:%Y-%m-%d %H:%M}",
-                    row.message,
+                    escape("; ".join(x for x in (row.message, problem) if x)),
                 )
         console.print(table)

@@ -7,12 +7,31 @@ nothing lost and nothing written twice.
 
 Tables: ``run`` (one row: what was run and how far it got), ``step``, ``event``, ``call``,
 ``metric``, and the agents' ``memory`` table.
+
+Faults, and what they give (each a ``RunError`` naming the file, the step and what to do):
+
+- two processes on one run: ``RunLock``, an exclusive ``flock`` on ``run.lock`` held for the life
+  of a run (it dies with its process, so a killed run never leaves a stale lock); the second is
+  told which process holds it. ``commit_step`` also refuses any step but the next one.
+- a damaged file: a ``run.db`` SQLite cannot read (truncated, overwritten), a ``run.db-wal`` whose
+  committed frames SQLite would silently drop (``wal_damage``), a step whose state does not parse.
+  Nothing is written to such a run; ``fork_run`` copies its steps up to the last good one (read
+  from a temporary copy, so the damaged files stay as they are for salvage) into a new run
+  directory, which ``simulacra resume RUN --from-step N`` then continues.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import sqlite3
+import struct
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,10 +47,101 @@ from simulacra.inference.recording import CallRecord
 
 SCHEMA_VERSION = 1
 DB_NAME = "run.db"
+LOCK_NAME = "run.lock"
 
 
 class RunError(Exception):
     """A run directory that cannot be used, with what to do about it."""
+
+
+class RunBusy(RunError):
+    """Another process holds the run's lock."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/run.lock`` while a process runs (writes) the run.
+
+    The kernel drops the lock when its process dies, however it dies, so a stale lock file never
+    blocks; the file only carries a note of the holder (pid, start time, command) for the message.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.path = self.dir / LOCK_NAME
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self, *, shared: bool = False) -> RunLock:
+        """Take the lock (``shared``: a reader's, which only keeps writers out); RunBusy if it is held."""
+        if self.fd is not None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(f"{self.path}: cannot open the run's lock file ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note = _read_note(fd)
+            os.close(fd)
+            raise RunBusy(_busy_message(self.dir, note)) from None
+        if not shared:
+            note = {"pid": os.getpid(), "started": datetime.now().isoformat(timespec="seconds"), "argv": sys.argv}
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(note).encode(), 0)
+            except OSError:
+                pass  # a full disk: the lock holds without its note
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def require_run_dir(run_dir: str | Path) -> None:
+    """RunError unless ``run_dir`` holds a ``run.db``."""
+    d = Path(run_dir)
+    if not (d / DB_NAME).exists():
+        hint = "list runs with `simulacra runs`" if not d.exists() else f"{DB_NAME} is missing in it"
+        raise RunError(f"{d}: not a run directory ({hint})")
+
+
+def _read_note(fd: int) -> dict:
+    try:
+        note = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return note if isinstance(note, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _busy_message(run_dir: Path, note: dict) -> str:
+    pid = note.get("pid")
+    if pid is not None and _alive(pid):
+        cmd = " ".join(str(a) for a in note.get("argv") or [])
+        cmd = f" `{cmd[:200]}`" if cmd else ""
+        return (
+            f"run {run_dir} is already being run by process {pid}{cmd} (started {note.get('started', '?')}); "
+            f"wait for it or kill it (`kill {pid}`), then try again"
+        )
+    return (
+        f"run {run_dir} is in use by another process (one reading it, or one just starting: see `fuser "
+        f"{run_dir / LOCK_NAME}`); wait for it or stop it, then try again"
+    )
 
 
 class RunRow(SQLModel, table=True):
@@ -120,16 +230,22 @@ def _wal(dbapi_conn: Any, _record: Any) -> None:
 
 
 class RunStore:
-    """Open or create ``run.db`` in a run directory; all reads and writes of a run go through here."""
+    """Open or create ``run.db`` in a run directory; all reads and writes of a run go through here.
 
-    def __init__(self, run_dir: str | Path, *, create: bool = False) -> None:
+    ``lock``: the caller's ``RunLock`` on this run (a writer). With it the database is checked
+    fully (``PRAGMA quick_check``) before anything is written; without it (a reader) only what is
+    cheap: the WAL, when no process is writing the run.
+    """
+
+    def __init__(self, run_dir: str | Path, *, create: bool = False, lock: RunLock | None = None) -> None:
         self.dir = Path(run_dir)
         self.path = self.dir / DB_NAME
-        if not create and not self.path.exists():
-            hint = "list runs with `simulacra runs`" if not self.dir.exists() else f"{DB_NAME} is missing in it"
-            raise RunError(f"{self.dir}: not a run directory ({hint})")
+        if not create:
+            require_run_dir(self.dir)
         if create:
             self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._check_wal(lock)
         self.engine = create_engine(f"sqlite:///{self.path}")
         sa_event.listen(self.engine, "connect", _wal)
         try:
@@ -137,29 +253,87 @@ class RunStore:
                 SQLModel.metadata.create_all(self.engine)
             else:
                 self._check()
+                if lock is not None:
+                    self.verify()
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
-            raise RunError(
-                f"{self.path}: not a readable run database ({str(exc.args[0]).splitlines()[0]}); "
-                "it may be corrupted: start a new run, or restore the file from a backup"
-            ) from exc
+            raise damaged(self.dir, f"not a readable run database ({_sqlite_message(exc)})") from exc
+        except RunError:
+            self.engine.dispose()
+            raise
+
+    def _check_wal(self, lock: RunLock | None) -> None:
+        """Refuse a WAL whose committed steps SQLite would drop, before SQLite touches it (a read-write
+        connection's close would checkpoint the readable part and delete the rest)."""
+        wal = self.path.with_name(DB_NAME + "-wal")
+        if not wal.exists() or wal.stat().st_size == 0:
+            return
+        probe = lock
+        if probe is None:  # a reader: only when no process is writing the run (a live WAL is its writer's)
+            try:
+                probe = RunLock(self.dir).acquire(shared=True)
+            except RunError:
+                return
+        try:
+            problem = wal_damage(self.path)
+        finally:
+            if probe is not lock:
+                probe.release()
+        if problem:
+            raise damaged(self.dir, problem)
 
     def _check(self) -> None:
         with Session(self.engine) as s:
             try:
                 row = s.exec(select(RunRow)).first()
             except OperationalError as exc:
+                if "malformed" in str(exc.orig) or "not a database" in str(exc.orig):
+                    raise
                 raise RunError(f"{self.path}: not a simulacra run database ({exc.orig})") from exc
         if row is None:
-            raise RunError(f"{self.path}: the run table is empty; the run never started properly")
+            raise RunError(
+                f"{self.path}: the run table is empty; the run was stopped before it started properly. "
+                f"Nothing in it can be resumed: delete {self.dir} and start the run again"
+            )
         if row.schema_version != SCHEMA_VERSION:
             raise RunError(
                 f"{self.path}: written by run-database version {row.schema_version}; this simulacra reads version "
                 f"{SCHEMA_VERSION}. Use the simulacra version that made the run, or start a new run"
             )
 
+    def verify(self) -> None:
+        """``PRAGMA quick_check`` (every page and row, not the indexes' contents): RunError if damaged."""
+        with self.engine.connect() as conn:
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            raise damaged(self.dir, f"failed SQLite's check: {'; '.join(rows)}")
+
+    def problems(self) -> list[str]:
+        """What a cheap look finds wrong (the last step's state not JSON), for `runs`, `replay`, `export`."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT step, json_valid(state) FROM step ORDER BY step DESC LIMIT 1"
+                ).first()
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            return [f"its steps cannot be read ({_sqlite_message(exc)})"]
+        if row is not None and not row[1]:
+            return [f"the saved state of step {row[0]} (the last) is not valid JSON; {recovery_hint(self.dir)}"]
+        return []
+
     def close(self) -> None:
-        self.engine.dispose()
+        try:
+            self.engine.dispose()
+        except (DatabaseError, sqlite3.DatabaseError):
+            pass  # closing checkpoints the WAL; on a full disk that fails and the WAL simply stays
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """A read that fails on a damaged file becomes a RunError naming the file, what and how to recover."""
+        try:
+            yield
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            raise damaged(self.dir, f"could not read {what} ({_sqlite_message(exc)})") from exc
 
     # ---- the run row -----------------------------------------------------------------------------
 
@@ -184,7 +358,7 @@ class RunStore:
             s.commit()
 
     def info(self) -> RunRow:
-        with Session(self.engine) as s:
+        with self._reading("the run row"), Session(self.engine) as s:
             row = s.exec(select(RunRow)).one()
             s.expunge(row)
             return row
@@ -201,8 +375,21 @@ class RunStore:
     # ---- steps -----------------------------------------------------------------------------------
 
     def commit_step(self, data: StepData, memories: MemoryStore) -> None:
-        """Write one step atomically (and nothing if anything fails)."""
+        """Write one step atomically (and nothing if anything fails).
+
+        Only the step after the last saved one is accepted (RunError otherwise: the state in memory
+        is stale, e.g. another process ran the run since it was opened); the step that reaches the
+        run's target marks the run finished in the same transaction, so a run is never left with
+        every step saved but "running"."""
         with Session(self.engine) as s:
+            last = s.exec(select(func.max(StepRow.step))).one()
+            expected = 0 if last is None else last + 1
+            if data.step != expected:
+                raise RunError(
+                    f"{self.path}: step {data.step} cannot be saved: the last saved step is {last}, so the state in "
+                    f"memory is stale (another process ran this run since it was opened?). Nothing was written; "
+                    f"resume again with `simulacra resume {self.dir}`"
+                )
             s.add(
                 StepRow(
                     step=data.step,
@@ -212,6 +399,7 @@ class RunStore:
                     state=json.dumps(data.state, ensure_ascii=False),
                 )
             )
+            s.flush()  # the step row first: a clash is reported on ``step``, not on a table flushed before it
             for e in data.events:
                 payload = {k: v for k, v in e.items() if k not in ("step", "kind", "resident")}
                 s.add(EventRow(step=data.step, kind=e["kind"], resident=e.get("resident"), data=json.dumps(payload)))
@@ -233,15 +421,17 @@ class RunStore:
             memories.flush(s)
             row = s.exec(select(RunRow)).one()
             row.steps_done, row.updated_at = data.step, _now()
+            if row.steps_target and data.step >= row.steps_target:
+                row.status, row.message = "finished", ""
             s.add(row)
             s.commit()
 
     def last_step(self) -> StepRow | None:
-        with Session(self.engine) as s:
+        with self._reading("the last step"), Session(self.engine) as s:
             return s.exec(select(StepRow).order_by(col(StepRow.step).desc())).first()
 
     def step_row(self, step: int) -> StepRow:
-        with Session(self.engine) as s:
+        with self._reading(f"step {step}"), Session(self.engine) as s:
             row = s.get(StepRow, step)
         if row is None:
             raise KeyError(f"step {step} is not in {self.path}")
@@ -249,24 +439,24 @@ class RunStore:
 
     def wall_s(self) -> float:
         """Wall seconds of every committed step (a resumed run's summary counts its earlier sessions)."""
-        with Session(self.engine) as s:
+        with self._reading("the steps' wall times"), Session(self.engine) as s:
             return float(s.exec(select(func.sum(StepRow.wall_s))).one() or 0.0)
 
     def frame_at(self, step: int) -> dict:
         return json.loads(self.step_row(step).frame)
 
     def events(self, since_step: int = -1) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._reading("the events"), Session(self.engine) as s:
             rows = s.exec(select(EventRow).where(EventRow.step > since_step).order_by(col(EventRow.id))).all()
         return [{"step": r.step, "kind": r.kind, "resident": r.resident, **json.loads(r.data)} for r in rows]
 
     def calls(self) -> list[CallRecord]:
-        with Session(self.engine) as s:
+        with self._reading("the recorded LLM calls"), Session(self.engine) as s:
             rows = s.exec(select(CallRow).order_by(col(CallRow.id))).all()
         return [CallRecord.model_validate_json(r.record) for r in rows]
 
     def metrics(self) -> dict[str, list[tuple[int, float]]]:
-        with Session(self.engine) as s:
+        with self._reading("the metrics"), Session(self.engine) as s:
             rows = s.exec(select(MetricRow).order_by(col(MetricRow.step))).all()
         out: dict[str, list[tuple[int, float]]] = {}
         for r in rows:
@@ -274,8 +464,11 @@ class RunStore:
         return out
 
     def load_memories(self, memories: MemoryStore) -> None:
-        with Session(self.engine) as s:
-            memories.load(s)
+        with self._reading("the memories"), Session(self.engine) as s:
+            try:
+                memories.load(s)
+            except ValueError as exc:
+                raise damaged(self.dir, f"its memory table is inconsistent ({exc})") from exc
 
 
 def list_runs(root: str | Path) -> list[tuple[Path, RunRow | None, str]]:
@@ -284,24 +477,283 @@ def list_runs(root: str | Path) -> list[tuple[Path, RunRow | None, str]]:
     for db in sorted(Path(root).glob(f"*/{DB_NAME}")):
         try:
             store = RunStore(db.parent)
-            out.append((db.parent, store.info(), ""))
-            store.close()
+            try:
+                out.append((db.parent, store.info(), "; ".join(store.problems())))
+            finally:
+                store.close()
         except RunError as exc:
             out.append((db.parent, None, str(exc)))
     return out
 
 
+# ---- damage: what it is, where, and how to continue from the last good step -----------------------------------
+
+
+def _sqlite_message(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig.args[0] if orig.args else orig).splitlines()[0]
+
+
+def damaged(run_dir: Path, what: str) -> RunError:
+    """A RunError for a damaged run: what is wrong, in which file, and how to continue (never in place)."""
+    return RunError(f"{Path(run_dir) / DB_NAME}: {what}. Nothing was written to it. {recovery_hint(run_dir)}")
+
+
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+WAL_HEADER = 32
+FRAME_HEADER = 24
+
+
+def _wal_checksum(data: bytes, big_endian: bool, s1: int = 0, s2: int = 0) -> tuple[int, int]:
+    """SQLite's WAL checksum (pairs of 32-bit words, cumulative)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    mask = 0xFFFFFFFF
+    for i in range(0, len(words), 2):
+        s1 = (s1 + words[i] + s2) & mask
+        s2 = (s2 + words[i + 1] + s1) & mask
+    return s1, s2
+
+
+def wal_damage(db_path: str | Path) -> str:
+    """'' if ``run.db-wal`` is sound; else where it is damaged and what SQLite would silently drop.
+
+    SQLite reads a WAL up to the first frame whose checksum fails and ignores the rest, even committed
+    transactions (steps) after it. A break in the last transaction only (a write cut off by a kill, never
+    reported as committed) is normal; a commit frame after the break means saved steps would be lost.
+    """
+    wal = Path(str(db_path) + "-wal")
+    data = wal.read_bytes()
+    if len(data) < WAL_HEADER:
+        return ""
+    magic, version, page_size, _ckpt, salt1, salt2, c1, c2 = struct.unpack(">8I", data[:WAL_HEADER])
+    frame = FRAME_HEADER + page_size
+    n_frames = (len(data) - WAL_HEADER) // frame if page_size else 0
+    if magic not in WAL_MAGIC or version != 3007000 or not 512 <= page_size <= 65536:
+        return f"{wal.name} has a damaged header (bytes 0-31), so SQLite would ignore all {n_frames} frame(s) in it"
+    big = magic & 1 == 1
+    s1, s2 = _wal_checksum(data[:24], big)
+    if (s1, s2) != (c1, c2):
+        commits = sum(1 for i in range(n_frames) if struct.unpack_from(">I", data, WAL_HEADER + i * frame + 4)[0])
+        if commits:
+            return (
+                f"{wal.name} has a damaged header (its checksum fails), so SQLite would ignore the {commits} "
+                f"committed transaction(s) in it"
+            )
+        return ""
+    broken_at = None
+    for i in range(n_frames):
+        off = WAL_HEADER + i * frame
+        head = data[off : off + FRAME_HEADER]
+        _page, commit, fs1, fs2, fc1, fc2 = struct.unpack(">6I", head)
+        if (fs1, fs2) != (salt1, salt2):
+            if broken_at is None:
+                return ""  # a frame of an earlier generation of the WAL: the live part ended before it
+            continue
+        if broken_at is None:
+            s1, s2 = _wal_checksum(head[:8], big, s1, s2)
+            s1, s2 = _wal_checksum(data[off + FRAME_HEADER : off + frame], big, s1, s2)
+            if (s1, s2) != (fc1, fc2):
+                broken_at = i
+        elif commit:  # a committed transaction after the break: SQLite would never read it
+            lost = sum(
+                1
+                for j in range(i, n_frames)
+                if struct.unpack_from(">2I", data, WAL_HEADER + j * frame + 8) == (salt1, salt2)
+                and struct.unpack_from(">I", data, WAL_HEADER + j * frame + 4)[0]
+            )
+            return (
+                f"{wal.name} is damaged at frame {broken_at + 1} (byte {WAL_HEADER + broken_at * frame}): its "
+                f"checksum fails, so SQLite would silently drop the {lost} committed transaction(s) (steps) after it"
+            )
+    return ""
+
+
+@contextmanager
+def salvage_copy(run_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a temporary copy of ``run.db`` (and its WAL) that reads as much as SQLite can.
+
+    The run's own files are only read. A truncated copy gets its header's page count set to the pages
+    that are there, so the rows in them can still be read.
+    """
+    src = Path(run_dir) / DB_NAME
+    tmp = Path(tempfile.mkdtemp(prefix="simulacra-salvage-"))
+    try:
+        dst = tmp / DB_NAME
+        shutil.copyfile(src, dst)
+        wal = src.with_name(DB_NAME + "-wal")
+        if wal.exists():
+            shutil.copyfile(wal, tmp / (DB_NAME + "-wal"))
+        with dst.open("r+b") as f:
+            head = f.read(100)
+            if len(head) == 100 and head[:16] == b"SQLite format 3\x00":
+                page = struct.unpack_from(">H", head, 16)[0] or 65536
+                pages = struct.unpack_from(">I", head, 28)[0]
+                have = dst.stat().st_size // page
+                if have < pages:
+                    f.truncate(have * page)
+                    f.seek(28)
+                    f.write(struct.pack(">I", have))
+        conn = sqlite3.connect(dst)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_STEP_TABLES = (("step", "step"), ("event", "step"), ("call", "step"), ("metric", "step"), ("memory", "created_step"))
+_STATE_KEYS = {"town", "minds", "society"}
+
+
+def last_good_step(conn: sqlite3.Connection) -> tuple[int | None, list[str]]:
+    """The last step whose state parses and whose rows (and every earlier step's) can all be read; and, for
+    each later step, why not."""
+    notes: list[str] = []
+    top = None
+    for q in ("SELECT max(step) FROM step", "SELECT steps_done FROM run", "SELECT steps_target FROM run"):
+        try:
+            top = conn.execute(q).fetchone()[0]
+        except (sqlite3.DatabaseError, TypeError):
+            continue
+        if top is not None:
+            break
+    if top is None:
+        return None, ["no step can be read"]
+    for n in range(int(top), -1, -1):
+        try:
+            row = conn.execute("SELECT state FROM step WHERE step = ?", (n,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            notes.append(f"step {n} cannot be read ({_sqlite_message(exc)})")
+            continue
+        if row is None:
+            notes.append(f"step {n} is missing")
+            continue
+        try:
+            state = json.loads(row[0])
+            if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+                raise ValueError("it lacks the town, minds or society")
+        except ValueError as exc:
+            notes.append(f"the saved state of step {n} does not parse ({str(exc)[:80]})")
+            continue
+        bad = _unreadable_table(conn, n)
+        if bad:
+            notes.append(f"the {bad} rows up to step {n} cannot all be read")
+            continue
+        return n, notes
+    return None, notes
+
+
+def _unreadable_table(conn: sqlite3.Connection, step: int) -> str:
+    for table, column in _STEP_TABLES:
+        try:
+            for _ in conn.execute(f"SELECT * FROM {table} WHERE {column} <= ?", (step,)):
+                pass
+        except sqlite3.DatabaseError:
+            return table
+    try:
+        conn.execute("SELECT * FROM run").fetchall()
+    except sqlite3.DatabaseError:
+        return "run"
+    return ""
+
+
+def recovery_hint(run_dir: str | Path) -> str:
+    """How to continue a damaged run: from its last good step, in a new directory."""
+    try:
+        with salvage_copy(run_dir) as conn:
+            good, notes = last_good_step(conn)
+    except (OSError, sqlite3.Error) as exc:
+        return f"Nothing in it can be read back ({exc}); restore it from a backup or start a new run"
+    if good is None:
+        return f"No step in it can be read back ({'; '.join(notes[:3])}); restore it from a backup or start a new run"
+    why = f" ({'; '.join(notes[:3])})" if notes else ""
+    return (
+        f"Steps 0-{good} are intact{why}. Continue from step {good} in a new run directory with "
+        f"`simulacra resume {run_dir} --from-step {good}` ({run_dir} itself is left as it is)"
+    )
+
+
+def fork_run(src_dir: str | Path, dest_dir: str | Path, step: int) -> Path:
+    """Copy a run's steps 0..``step`` (read from a temporary copy: the source is never written) into a new run
+    directory, to be resumed from there. Memories made after ``step`` are left out; the memories kept carry
+    their last-retrieved times as last saved, capped at ``step``'s time (the one thing not kept per step), so
+    the continuation is close to, not identical with, the original's."""
+    src, dest = Path(src_dir), Path(dest_dir)
+    if dest.exists() and any(p.name != LOCK_NAME for p in dest.iterdir()):
+        raise RunError(f"{dest} already exists and is not empty; choose another directory with --out")
+    with salvage_copy(src) as conn:
+        good, notes = last_good_step(conn)
+        if good is None or step > good or step < 0:
+            best = "no step can be continued" if good is None else f"the last good step is {good}"
+            raise RunError(f"{src}: step {step} cannot be continued: {best} ({'; '.join(notes[:3]) or 'no such step'})")
+        bad = _unreadable_table(conn, step)
+        if bad:
+            raise RunError(f"{src}: the {bad} rows up to step {step} cannot all be read; try an earlier --from-step")
+        sim_time = conn.execute("SELECT sim_time FROM step WHERE step = ?", (step,)).fetchone()[0]
+        store = RunStore(dest, create=True)
+        store.close()
+        out = sqlite3.connect(dest / DB_NAME)
+        try:
+            for table, column in (("run", None), *_STEP_TABLES):
+                cur = conn.execute(
+                    f"SELECT * FROM {table}" + (f" WHERE {column} <= ?" if column else ""), (step,) if column else ()
+                )
+                cols = [d[0] for d in cur.description]
+                rows = [dict(zip(cols, r, strict=True)) for r in cur]
+                for r in rows:
+                    if table == "run":
+                        r.update(
+                            status="paused",
+                            steps_done=step,
+                            updated_at=_now().strftime("%Y-%m-%d %H:%M:%S.%f"),
+                            message=f"continued from {src} at step {step}",
+                        )
+                    if table == "memory" and r["last_retrieved_at"] > sim_time:
+                        r["last_retrieved_at"] = sim_time
+                marks = ", ".join("?" for _ in cols)
+                out.executemany(
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})",
+                    [tuple(r[c] for c in cols) for r in rows],
+                )
+            out.commit()
+        finally:
+            out.close()
+    for name in ("scenario.yaml", "meta.json"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dest / name)
+    meta = dest / "meta.json"
+    if meta.exists():
+        try:
+            data = json.loads(meta.read_text())
+            data["continued_from"] = {"run": str(src), "step": step}
+            meta.write_text(json.dumps(data, indent=1, default=str))
+        except ValueError:
+            pass
+    return dest
+
+
 __all__ = [
     "DB_NAME",
+    "LOCK_NAME",
     "SCHEMA_VERSION",
     "CallRow",
     "EventRow",
     "MemoryRecord",
     "MetricRow",
+    "RunBusy",
     "RunError",
+    "RunLock",
     "RunRow",
     "RunStore",
     "StepData",
     "StepRow",
+    "damaged",
+    "fork_run",
+    "last_good_step",
     "list_runs",
+    "recovery_hint",
+    "require_run_dir",
+    "salvage_copy",
+    "wal_damage",
 ]
