@@ -33,9 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import openai  # noqa: E402
 from machine import describe  # noqa: E402 - bench/machine.py: scripts run with bench/ on sys.path
 
-from simulacra.inference.fake import ScriptedLLM  # noqa: E402
-from simulacra.inference.http_backend import HTTPBackendTimeout, OpenAIHTTPBackend  # noqa: E402
-from simulacra.inference.server import running  # noqa: E402
+from simulacra.inference.backends.fake import ScriptedLLM  # noqa: E402
+from simulacra.inference.backends.http import HTTPBackendTimeout, OpenAIHTTPBackend  # noqa: E402
+from simulacra.inference.backends.server import running  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"

@@ -6,6 +6,9 @@ loader builds them from the file's blocks instead (`kernels.read_gguf_experts`).
 llama.cpp's converter permutes the Q/K projection rows of rotary-"normal" architectures (llama,
 granite) so that GGML can rotate adjacent pairs; the model rotates halves (the HF layout), so those
 rows are permuted back here.
+
+Llama-3 RoPE scaling is not in the metadata: the converter writes `rope_freqs.weight`, one divisor
+per rotary frequency, which `gguf_pieces` yields as the piece `ROPE_FREQS` for `build_model`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ _BLOCK = {
     "ffn_gate_inp_shexp.weight": "ffn.shared_gate.weight",
 }
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+ROPE_FREQS = "rope_freqs"  # piece name of `rope_freqs.weight`: inv_freq is divided by it, as in llama.cpp
 
 
 def open_gguf(path: Path) -> tuple[GGUFReader, dict[str, Any]]:
@@ -118,7 +122,7 @@ def _named_tensors(reader: GGUFReader, path: Path) -> Iterator[tuple[str, Reader
         name = piece_name(t.name)
         if name is None:
             if t.name.startswith("rope_"):
-                continue  # precomputed rope factors; we compute our own
+                continue  # rope factors are not weights; `gguf_pieces` yields rope_freqs.weight on its own
             raise ModelLoadError(path, f"unknown tensor {t.name!r}", "this architecture's layout is not supported")
         yield name, t
 
@@ -151,3 +155,8 @@ def gguf_pieces(
         if arch in PERMUTED_ARCHS and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             data = _unpermute(data, cfg.n_heads if "attn_q" in t.name else cfg.n_kv_heads)
         yield name, torch.from_numpy(np.array(data, dtype=np.float32, order="C"))  # own, writable copy
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            if t.tensor_type != Q.F32:
+                raise ModelLoadError(path, f"tensor rope_freqs.weight is {t.tensor_type.name}, expected F32")
+            yield ROPE_FREQS, torch.from_numpy(np.array(t.data, dtype=np.float32).reshape(-1))

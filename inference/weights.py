@@ -17,6 +17,7 @@ from torch import Tensor
 from simulacra.inference import kernels
 from simulacra.inference.config import ModelConfig
 from simulacra.inference.errors import ModelLoadError
+from simulacra.inference.gguf_loader import ROPE_FREQS
 from simulacra.inference.kernels import QuantizedTensor
 from simulacra.inference.model import Transformer, rope_inv_freq
 
@@ -70,7 +71,12 @@ def build_model(
     `cfg` must already carry the checkpoint's structure (`infer_structure`). `quantized` maps a layer
     to its (gate_up, down) experts kept quantised; those layers need no float expert pieces.
     """
-    pieces = {name: t.to(dtype) for name, t in tensors}
+    pieces, rope_freqs = {}, None
+    for name, t in tensors:
+        if name == ROPE_FREQS:  # GGUF Llama-3 RoPE: a divisor per rotary frequency, kept fp32
+            rope_freqs = t.float()
+        else:
+            pieces[name] = t.to(dtype)
     try:
         for i in range(cfg.n_layers):
             _fuse(pieces, f"layers.{i}.ffn.", cfg.n_experts)
@@ -111,6 +117,12 @@ def build_model(
         kernels.set_quantized_experts(model.layers[i].ffn, *pair)
     model.tie_weights()
     inv_freq, model.rope_scale = rope_inv_freq(cfg)
+    if rope_freqs is not None:
+        if rope_freqs.shape != inv_freq.shape:
+            raise ModelLoadError(
+                where, f"rope_freqs has {rope_freqs.numel()} factors, but the head dim needs {inv_freq.numel()}"
+            )
+        inv_freq = inv_freq / rope_freqs
     model.inv_freq = inv_freq
     return model.eval().requires_grad_(False)
 

@@ -107,8 +107,8 @@ def serve(
     device: str = typer.Option("auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"),
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    from simulacra.inference.backends.server import serve as serve_app
     from simulacra.inference.engine import Engine, EngineConfig
-    from simulacra.inference.server import serve as serve_app
 
     try:
         engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, device=device))

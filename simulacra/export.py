@@ -17,7 +17,7 @@ import pandas as pd
 from sqlmodel import Session, col, select
 
 from simulacra.agents.memory import MemoryRecord
-from simulacra.inference.recording import CallRecord
+from simulacra.inference.backends.recording import CallRecord
 from simulacra.storage import CallRow, EventRow, MetricRow, RunStore, StepRow
 
 FORMATS = ("parquet", "csv")

@@ -31,8 +31,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import simulacra
 from simulacra.agents import MindConfig, RetrievalWeights
 from simulacra.agents.society import TextEmbedder
+from simulacra.inference.backends.recording import CallRecord, RecordingLLM, ReplayLLM
 from simulacra.inference.port import LLM
-from simulacra.inference.recording import CallRecord, RecordingLLM, ReplayLLM
 from simulacra.metrics import step_metrics
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation, mind_config

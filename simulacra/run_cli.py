@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
         async def main():
             return await replay_run(run_dir, out)
 
-        from simulacra.inference.recording import ReplayMissError
+        from simulacra.inference.backends.recording import ReplayMissError
         from simulacra.storage import RunError
 
         try:

@@ -43,7 +43,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from simulacra.agents.memory import MemoryRecord, MemoryStore
-from simulacra.inference.recording import CallRecord
+from simulacra.inference.backends.recording import CallRecord
 
 SCHEMA_VERSION = 1
 DB_NAME = "run.db"

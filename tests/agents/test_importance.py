@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from simulacra.agents import MindConfig, Society
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.inference.embedding import load_embedder
-from simulacra.inference.fake import ScriptedLLM
 
 pytestmark = pytest.mark.slow  # every test loads the packaged MiniLM embedder
 

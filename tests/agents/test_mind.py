@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from simulacra.agents import MindConfig
 from simulacra.agents.planning import slot_at
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.inference.port import RequestError
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation

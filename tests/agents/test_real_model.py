@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
+from simulacra.inference.backends.recording import CallRecord, RecordingLLM
 from simulacra.inference.engine import Engine
 from simulacra.inference.port import parse_output
-from simulacra.inference.recording import CallRecord, RecordingLLM
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 

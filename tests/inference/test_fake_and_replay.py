@@ -8,9 +8,8 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from simulacra.inference.fake import ScriptedLLM, ScriptExhaustedError, check_json_schema
-from simulacra.inference.port import LLM, RequestError, SamplingParams, call_meta, request_key
-from simulacra.inference.recording import (
+from simulacra.inference.backends.fake import ScriptedLLM, ScriptExhaustedError, check_json_schema
+from simulacra.inference.backends.recording import (
     CallRecord,
     JsonlSink,
     RecordingLLM,
@@ -19,6 +18,7 @@ from simulacra.inference.recording import (
     read_jsonl,
     write_jsonl,
 )
+from simulacra.inference.port import LLM, RequestError, SamplingParams, call_meta, request_key
 
 
 class Plan(BaseModel):

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from simulacra.inference.fake import ScriptedLLM
-from simulacra.inference.http_backend import HTTPBackendError, HTTPBackendTimeout, OpenAIHTTPBackend
+from simulacra.inference.backends.fake import ScriptedLLM
+from simulacra.inference.backends.http import HTTPBackendError, HTTPBackendTimeout, OpenAIHTTPBackend
+from simulacra.inference.backends.server import running
 from simulacra.inference.port import LLM, RequestError
-from simulacra.inference.server import running
 
 MODEL = "town-model"
 CONTEXT = 1024

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from simulacra.inference.http_backend import HTTPBackendError, HTTPBackendTimeout, OpenAIHTTPBackend
+from simulacra.inference.backends.http import HTTPBackendError, HTTPBackendTimeout, OpenAIHTTPBackend
 
 MODEL = "m"
 USER = [{"role": "user", "content": "Where are you going?"}]

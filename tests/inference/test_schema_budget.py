@@ -19,13 +19,13 @@ import pytest
 import torch
 from pydantic import BaseModel, Field
 
+from simulacra.inference.backends.server import running
 from simulacra.inference.config import ModelConfig
 from simulacra.inference.engine import Engine, EngineConfig
 from simulacra.inference.engine.structured import GrammarCompiler
 from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
 from simulacra.inference.model import Transformer
 from simulacra.inference.port import RequestError
-from simulacra.inference.server import running
 from tests.inference.test_structured import RAW_SCHEMA, Day, Place
 
 MODEL = "tiny"
@@ -187,7 +187,7 @@ async def test_a_streamed_forced_close_arrives_whole(engine, min_tokens) -> None
 
 async def test_a_replay_gives_a_forced_reply_the_same_parsed_value(engine, min_tokens) -> None:
     """A run's replay must see what the live run saw: the recorded "length" reply re-parses."""
-    from simulacra.inference.recording import RecordingLLM, ReplayLLM
+    from simulacra.inference.backends.recording import RecordingLLM, ReplayLLM
 
     records: list = []
     live = RecordingLLM(engine, records.append)

@@ -13,9 +13,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
+from simulacra.inference.backends.server import running
 from simulacra.inference.port import GenerateResult, RequestError, StreamEvent
-from simulacra.inference.server import running
 
 MODEL = "town-model"
 CONTEXT = 512

@@ -14,10 +14,10 @@ import openai
 import pytest
 import torch
 
+from simulacra.inference.backends.server import running
 from simulacra.inference.engine import Engine
 from simulacra.inference.generate import greedy_generate
 from simulacra.inference.loader import load_model
-from simulacra.inference.server import running
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2"

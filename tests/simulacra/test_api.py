@@ -8,7 +8,7 @@ import pytest
 
 import simulacra.run
 from simulacra import Scenario, Simulation, generate_town, load_scenario, sweep
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 
 from ..agents.fakes import WordEmbedder, by_kind
 

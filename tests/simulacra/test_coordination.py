@@ -5,7 +5,7 @@ import asyncio
 import re
 from datetime import timedelta
 
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.metrics import (
     coordination,
     interview_all,

@@ -11,7 +11,7 @@ from sqlmodel import Session, create_engine, select
 
 from simulacra.agents.memory import MemoryRecord
 from simulacra.export import export_run
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.run import Run
 from simulacra.storage import CallRow, EventRow, MetricRow, RunError, StepRow
 

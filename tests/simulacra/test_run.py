@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from simulacra.cli import app
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.run import Run, replay
 from simulacra.storage import RunError, RunStore
 

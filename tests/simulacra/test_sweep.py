@@ -6,7 +6,7 @@ import mesa
 import pandas as pd
 import pytest
 
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 from simulacra.storage import RunError, RunStore

@@ -5,7 +5,7 @@ import json
 
 from websockets.asyncio.client import connect
 
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.run import Run
 from simulacra.viewer_run import start_viewer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright
 
-from simulacra.inference.fake import ScriptedLLM
+from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.viewer.server import ViewerServer
 from simulacra.viewer.source import TownSource
 from tests.viewer.conftest import town25
