@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -38,13 +38,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simulacra.inference.port import LLM, GenerateResult, RequestError, SamplingParams, Schema
+from simulacra.inference.port import LLM, GenerateResult, RequestError, SamplingParams, Schema, StreamEvent
 
 __all__ = ["APIError", "ServerThread", "create_app", "running", "serve"]
 
 logger = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------- request bodies
 
 
 class _Body(BaseModel):
@@ -83,9 +81,6 @@ class CompletionRequest(_Body):
     prompt: str | list[str]
     response_format: dict[str, Any] | None = None  # not in OpenAI's completions API; vLLM accepts it
     echo: bool = False
-
-
-# ----------------------------------------------------------------------------- errors
 
 
 class APIError(Exception):
@@ -154,9 +149,6 @@ def _from_request_error(exc: RequestError) -> APIError:
 
 def _internal(exc: BaseException) -> APIError:
     return APIError(500, f"the backend failed: {type(exc).__name__}: {exc}", None, "internal_error", "server_error")
-
-
-# ----------------------------------------------------------------------------- translation
 
 
 def _schema(body: ChatCompletionRequest | CompletionRequest) -> Schema:
@@ -243,9 +235,6 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-# ----------------------------------------------------------------------------- the app
-
-
 def create_app(
     llm: LLM,
     model_name: str,
@@ -268,8 +257,19 @@ def create_app(
 
     app = FastAPI(title="simulacra", lifespan=lifespan)
     app.state.llm = llm
-    counters = {"requests": 0, "errors": 0, "in_flight": 0}
-    created = int(time.time())
+    api = _Service(llm, model_name, context_length, default_max_tokens)
+    _add_error_handlers(app, api.counters)
+    app.get("/health")(api.health)
+    app.get("/v1/stats")(api.stats)
+    app.get("/v1/models")(api.models)
+    app.get("/v1/models/{name:path}")(api.model)
+    app.post("/v1/chat/completions", response_model=None)(api.chat)
+    app.post("/v1/completions", response_model=None)(api.completions)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, counters: dict[str, int]) -> None:
+    """Every failure leaves as an OpenAI error object, and is counted."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -301,52 +301,79 @@ def create_app(
         logger.exception("request to %s failed", request.url.path)
         return _internal(exc).response()
 
-    def check_model(name: str) -> None:
-        if name != model_name:
+
+Chunk = Callable[..., dict[str, Any]]  # (delta, finish, start=False, usage=None) -> one streamed object
+
+
+def _chat_chunk(rid: str, now: int, model: str) -> Chunk:
+    def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model}
+        if usage is not None:
+            out["choices"], out["usage"] = [], usage
+            return out
+        d: dict[str, Any] = {"role": "assistant", "content": ""} if start else {}
+        if delta is not None:
+            d["content"] = delta
+        out["choices"] = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+        return out
+
+    return chunk
+
+
+def _completion_chunk(rid: str, now: int, model: str) -> Chunk:
+    def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": rid, "object": "text_completion", "created": now, "model": model}
+        if usage is not None:
+            out["choices"], out["usage"] = [], usage
+            return out
+        out["choices"] = [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
+        return out
+
+    return chunk
+
+
+class _Service:
+    """The routes of one served model: requests become `llm.generate` / `llm.stream` calls."""
+
+    def __init__(self, llm: LLM, model_name: str, context_length: int, default_max_tokens: int) -> None:
+        self.llm, self.model_name, self.context_length = llm, model_name, context_length
+        self.default_max_tokens = default_max_tokens
+        self.counters = {"requests": 0, "errors": 0, "in_flight": 0}
+        self.created = int(time.time())
+
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
             raise APIError(
                 404,
-                f"The model `{name}` does not exist; this server serves `{model_name}`.",
+                f"The model `{name}` does not exist; this server serves `{self.model_name}`.",
                 "model",
                 "model_not_found",
             )
 
-    async def run(prompt: Any, params: SamplingParams, schema: Schema) -> GenerateResult:
-        counters["requests"] += 1
-        counters["in_flight"] += 1
+    @staticmethod
+    def _kwargs(params: SamplingParams, schema: Schema) -> dict[str, Any]:
+        keys = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+        return {**{k: getattr(params, k) for k in keys}, "schema": schema}
+
+    async def run(self, prompt: Any, params: SamplingParams, schema: Schema) -> GenerateResult:
+        self.counters["requests"] += 1
+        self.counters["in_flight"] += 1
         try:
-            return await llm.generate(
-                prompt,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,
-                seed=params.seed,
-                stop=params.stop,
-                schema=schema,
-            )
+            return await self.llm.generate(prompt, **self._kwargs(params, schema))
         except RequestError as exc:
             raise _from_request_error(exc) from exc
         except Exception as exc:
             logger.exception("backend failed")
             raise _internal(exc) from exc
         finally:
-            counters["in_flight"] -= 1
+            self.counters["in_flight"] -= 1
 
     async def run_stream(
-        prompt: Any, params: SamplingParams, schema: Schema, chunk: Any, include_usage: bool
+        self, prompt: Any, params: SamplingParams, schema: Schema, chunk: Chunk, include_usage: bool
     ) -> StreamingResponse:
         """Start the stream before answering, so a refused request still gets a 400, not a broken stream."""
-        counters["requests"] += 1
-        events = llm.stream(
-            prompt,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            seed=params.seed,
-            stop=params.stop,
-            schema=schema,
-        ).__aiter__()
+        self.counters["requests"] += 1
+        events = self.llm.stream(prompt, **self._kwargs(params, schema)).__aiter__()
         try:
             first = await events.__anext__()
         except RequestError as exc:
@@ -356,119 +383,92 @@ def create_app(
         except Exception as exc:
             logger.exception("backend stream failed")
             raise _internal(exc) from exc
+        body = self._stream_body(events, first, chunk, include_usage)
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-        async def body() -> AsyncIterator[bytes]:
-            counters["in_flight"] += 1
-            try:
-                yield _sse(chunk(None, None, start=True))
-                event = first
-                while True:
-                    if event.delta:
-                        yield _sse(chunk(event.delta, None))
-                    if event.result is not None:
-                        yield _sse(chunk(None, event.result.finish_reason))
-                        if include_usage:
-                            yield _sse(chunk(None, None, usage=_usage(event.result)))
-                        break
-                    try:
-                        event = await events.__anext__()
-                    except StopAsyncIteration:
-                        yield _sse(chunk(None, "stop"))
-                        break
-                yield _sse("[DONE]")
-            except Exception as exc:  # mid-stream: headers are gone, so the error travels as an event
-                counters["errors"] += 1
-                logger.exception("backend stream failed")
-                err = _from_request_error(exc) if isinstance(exc, RequestError) else _internal(exc)
-                yield _sse(err.body())
-                yield _sse("[DONE]")
-            finally:
-                counters["in_flight"] -= 1
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()  # a client that went away cancels the backend's request
+    async def _stream_body(
+        self, events: AsyncIterator[StreamEvent], first: StreamEvent, chunk: Chunk, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        self.counters["in_flight"] += 1
+        try:
+            yield _sse(chunk(None, None, start=True))
+            event = first
+            while True:
+                if event.delta:
+                    yield _sse(chunk(event.delta, None))
+                if event.result is not None:
+                    yield _sse(chunk(None, event.result.finish_reason))
+                    if include_usage:
+                        yield _sse(chunk(None, None, usage=_usage(event.result)))
+                    break
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    yield _sse(chunk(None, "stop"))
+                    break
+            yield _sse("[DONE]")
+        except Exception as exc:  # mid-stream: headers are gone, so the error travels as an event
+            self.counters["errors"] += 1
+            logger.exception("backend stream failed")
+            err = _from_request_error(exc) if isinstance(exc, RequestError) else _internal(exc)
+            yield _sse(err.body())
+            yield _sse("[DONE]")
+        finally:
+            self.counters["in_flight"] -= 1
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a client that went away cancels the backend's request
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model_name, **self.counters}
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, **counters}
+    async def stats(self) -> dict[str, float]:
+        return self.llm.stats()
 
-    @app.get("/v1/stats")
-    async def stats() -> dict[str, float]:
-        return llm.stats()
-
-    def model_card() -> dict[str, Any]:
+    def model_card(self) -> dict[str, Any]:
         return {
-            "id": model_name,
+            "id": self.model_name,
             "object": "model",
-            "created": created,
+            "created": self.created,
             "owned_by": "simulacra",
-            "max_model_len": context_length,
+            "max_model_len": self.context_length,
         }
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model_card()]}
 
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str) -> dict[str, Any]:
-        check_model(name)
-        return model_card()
+    async def model(self, name: str) -> dict[str, Any]:
+        self.check_model(name)
+        return self.model_card()
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat(self, body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         _check_unicode(body.model_dump(), "")
-        check_model(body.model)
+        self.check_model(body.model)
         if body.tools:
             raise APIError(400, "tools are not supported", "tools")
         messages = _messages(body)
-        params = _sampling(body, context_length, default_max_tokens)
+        params = _sampling(body, self.context_length, self.default_max_tokens)
         schema = _schema(body)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
         if body.stream:
-
-            def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
-                out: dict[str, Any] = {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": now,
-                    "model": model_name,
-                }
-                if usage is not None:
-                    out["choices"], out["usage"] = [], usage
-                    return out
-                d: dict[str, Any] = {"role": "assistant", "content": ""} if start else {}
-                if delta is not None:
-                    d["content"] = delta
-                out["choices"] = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
-                return out
-
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await run_stream(messages, params, schema, chunk, include_usage)
-
-        result = await run(messages, params, schema)
+            return await self.run_stream(
+                messages, params, schema, _chat_chunk(rid, now, self.model_name), include_usage
+            )
+        result = await self.run(messages, params, schema)
+        message = {"role": "assistant", "content": result.text, "refusal": None}
         return {
             "id": rid,
             "object": "chat.completion",
             "created": now,
-            "model": model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
-            ],
+            "model": self.model_name,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}],
             "usage": _usage(result),
         }
 
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(self, body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
         _check_unicode(body.model_dump(), "")
-        check_model(body.model)
+        self.check_model(body.model)
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -476,37 +476,22 @@ def create_app(
             prompt = prompt[0]
         if body.echo:
             raise APIError(400, "echo is not supported", "echo")
-        params = _sampling(body, context_length, default_max_tokens)
+        params = _sampling(body, self.context_length, self.default_max_tokens)
         schema = _schema(body)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-
         if body.stream:
-
-            def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
-                out: dict[str, Any] = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
-                if usage is not None:
-                    out["choices"], out["usage"] = [], usage
-                    return out
-                out["choices"] = [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
-                return out
-
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await run_stream(prompt, params, schema, chunk, include_usage)
-
-        result = await run(prompt, params, schema)
+            chunk = _completion_chunk(rid, now, self.model_name)
+            return await self.run_stream(prompt, params, schema, chunk, include_usage)
+        result = await self.run(prompt, params, schema)
         return {
             "id": rid,
             "object": "text_completion",
             "created": now,
-            "model": model_name,
+            "model": self.model_name,
             "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
             "usage": _usage(result),
         }
-
-    return app
-
-
-# ----------------------------------------------------------------------------- running it
 
 
 def serve(
