@@ -139,7 +139,7 @@ def astar(
     grid, reused between calls (entries count only where ``stamp == mark``); ``pool_*`` hold the
     bucket entries as linked lists.
 
-    Longer than 80 lines on purpose: it is one numba kernel whose search loop keeps the queue, the
+    Long because it is one numba kernel whose search loop keeps the queue, the
     scratch arrays and the pool growth in local variables; split into helpers it would pass a dozen
     arrays per call in the innermost loop.
     """

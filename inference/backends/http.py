@@ -303,30 +303,15 @@ class OpenAIHTTPBackend:
                 failure: HTTPBackendError | None = None
                 try:
                     async for data in reader.events():
-                        if data.get("error"):
-                            err = data["error"]
-                            message = err.get("message", err) if isinstance(err, dict) else err
-                            raise HTTPBackendError(f"{url}: the stream failed: {message}")
-                        if data.get("usage"):
-                            usage = data["usage"]
-                        for choice in data.get("choices") or []:
-                            if not isinstance(choice, dict):
-                                raise _StreamFault(reader.error(f"a choice that is not an object: {choice!r:.100}"))
-                            if "delta" in choice:
-                                delta = (choice.get("delta") or {}).get("content")
-                            else:
-                                delta = choice.get("text")
-                            if delta is not None and not isinstance(delta, str):
-                                raise _StreamFault(reader.error(f"a delta that is not text: {delta!r:.100}"))
-                            if choice.get("finish_reason"):
-                                finish = choice["finish_reason"]
-                            if delta:
-                                if first_token_s is None:
-                                    first_token_s = time.perf_counter() - t0
-                                parts.append(delta)
-                                if not hold:
-                                    yielded += 1
-                                    yield StreamEvent(delta)
+                        deltas, finish_now, usage_now = _read_event(data, url, reader)
+                        finish, usage = finish_now or finish, usage_now or usage
+                        for delta in deltas:
+                            if first_token_s is None:
+                                first_token_s = time.perf_counter() - t0
+                            parts.append(delta)
+                            if not hold:
+                                yielded += 1
+                                yield StreamEvent(delta)
                     if not reader.done and finish is None:
                         what = "the stream ended before the answer was complete (no finish_reason, no [DONE])"
                         raise _StreamFault(reader.error(what))
@@ -546,3 +531,23 @@ def _unquote_choice(text: str, schema: Schema) -> str:
     except ValueError:
         return text
     return value if isinstance(value, str) else text
+
+
+def _read_event(data: dict[str, Any], url: str, reader: _SSEReader) -> tuple[list[str], str | None, dict | None]:
+    """One server-sent event's text deltas, finish reason and usage; a malformed one is a `_StreamFault`."""
+    if data.get("error"):
+        err = data["error"]
+        message = err.get("message", err) if isinstance(err, dict) else err
+        raise HTTPBackendError(f"{url}: the stream failed: {message}")
+    deltas: list[str] = []
+    finish = None
+    for choice in data.get("choices") or []:
+        if not isinstance(choice, dict):
+            raise _StreamFault(reader.error(f"a choice that is not an object: {choice!r:.100}"))
+        delta = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+        if delta is not None and not isinstance(delta, str):
+            raise _StreamFault(reader.error(f"a delta that is not text: {delta!r:.100}"))
+        finish = choice.get("finish_reason") or finish
+        if delta:
+            deltas.append(delta)
+    return deltas, finish, data.get("usage") or None
