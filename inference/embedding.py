@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from simulacra.inference.errors import ModelLoadError
+from simulacra.inference.hf_loader import rename
 from simulacra.inference.packaged import embedding_model_dir
 
 
@@ -146,10 +147,7 @@ _IGNORED = re.compile(r"^(?:bert\.)?(?:pooler\.|cls\.|embeddings\.(?:position_id
 
 
 def _our_name(hf_name: str) -> str | None:
-    for pat, repl in _COMPILED:
-        if pat.match(hf_name):
-            return pat.sub(repl, hf_name)
-    return None
+    return rename(_COMPILED, hf_name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

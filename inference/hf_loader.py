@@ -46,11 +46,16 @@ _COMPILED = [(re.compile(rf"^(?:model\.)?{pat}$"), repl) for pat, repl in _RULES
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
-def piece_name(hf_name: str) -> str | None:
-    for pat, repl in _COMPILED:
-        if pat.match(hf_name):
-            return pat.sub(repl, hf_name)
+def rename(rules: list[tuple[re.Pattern, str]], name: str) -> str | None:
+    """`name` rewritten by the first rule whose pattern matches it (None when none does)."""
+    for pat, repl in rules:
+        if pat.match(name):
+            return pat.sub(repl, name)
     return None
+
+
+def piece_name(hf_name: str) -> str | None:
+    return rename(_COMPILED, hf_name)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
