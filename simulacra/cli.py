@@ -1,125 +1,36 @@
-"""The `simulacra` command line."""
+"""The `simulacra` command line: the one Typer ``app`` (``pyproject.toml``: ``simulacra = "simulacra.cli:app"``).
+
+The commands live in ``simulacra.commands`` by what they work on (``runs``, ``models``,
+``scenario``); this module only puts them on the app, in the order ``--help`` lists them.
+"""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from simulacra.inference.errors import ModelLoadError
-from simulacra.run_cli import register as register_run_commands
-from simulacra.scenario.cli import register as register_scenario_commands
+from simulacra.commands import models, runs
+from simulacra.commands.scenario import scenario_app
 
 app = typer.Typer(
     help="Generative-agent town simulations on one shared local inference engine.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-register_scenario_commands(app)
-register_run_commands(app)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
-@app.command()
-def models(paths: list[Path] = typer.Argument(None, help="GGUF files or Hugging Face folders")) -> None:
-    """List loadable models: the packaged default and any PATH given."""
-    from simulacra.inference.loader import describe_model
-
-    table = Table(title="Models")
-    for col in ("model", "format", "family", "params", "experts (active/total)", "weights", "context"):
-        table.add_column(col)
-    failed = False
-    for path in [None, *(paths or [])]:
-        try:
-            info = describe_model(path)
-        except ModelLoadError as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            failed = True
-            continue
-        cfg = info.config
-        params = f"{info.total_params / 1e6:,.1f}M"
-        if cfg.is_moe:
-            params += f" ({info.active_params / 1e6:,.1f}M active)"
-        experts = f"{cfg.n_experts_per_tok}/{cfg.n_experts}" if cfg.is_moe else "dense"
-        name = "default: " + info.path.name if path is None else str(info.path)
-        table.add_row(name, info.format, cfg.family, params, experts, info.quantization, f"{cfg.max_position:,}")
-    console.print(table)
-    if failed:
-        raise typer.Exit(code=2)
-
-
-@app.command()
-def generate(
-    prompt: str,
-    model: str = typer.Option(None, help="GGUF file or HF folder (default: packaged SmolLM2)"),
-    max_tokens: int = typer.Option(64, min=1, max=4096),
-    chat: bool = typer.Option(True, help="wrap the prompt in the model's chat template"),
-) -> None:
-    """Greedy continuation of PROMPT through the engine (a quick check that the model works)."""
-    import asyncio
-
-    from simulacra.inference.engine import Engine
-    from simulacra.inference.port import RequestError
-
-    try:
-        t0 = time.perf_counter()
-        engine = Engine(model)
-        loaded = time.perf_counter() - t0
-    except (ModelLoadError, ValueError) as exc:
-        _fail(exc)
-    request = [{"role": "user", "content": prompt}] if chat else prompt
-
-    async def complete():  # noqa: ANN202
-        try:
-            return await engine.generate(request, max_tokens=max_tokens, temperature=0.0)
-        finally:
-            await engine.aclose()
-
-    t0 = time.perf_counter()
-    try:
-        out = asyncio.run(complete())
-    except RequestError as exc:
-        _fail(exc)
-    dt = time.perf_counter() - t0
-    console.print(out.text)
-    console.print(
-        f"[dim]{out.prompt_tokens} prompt + {out.completion_tokens} new tokens in {dt:.2f}s; model loaded in "
-        f"{loaded:.1f}s ({engine.lm.model.dtype})[/dim]"
-    )
-
-
-@app.command()
-def serve(
-    model: str = typer.Option(None, help="GGUF file or HF folder (default: packaged SmolLM2)"),
-    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes the engine"),
-    port: int = typer.Option(8000),
-    name: str = typer.Option(None, help="model id clients send (default: the file or folder name)"),
-    kv_cache_gb: float = typer.Option(1.0, help="memory for the paged KV cache"),
-    max_num_seqs: int = typer.Option(128, help="most requests decoded together"),
-    device: str = typer.Option("auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"),
-) -> None:
-    """Serve the engine over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from simulacra.inference.backends.server import serve as serve_app
-    from simulacra.inference.engine import Engine, EngineConfig
-
-    try:
-        engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, device=device))
-    except (ModelLoadError, ValueError) as exc:
-        _fail(exc)
-    model_name = name or engine.lm.info.path.stem
-    console.print(
-        f"serving {model_name} at http://{host}:{port}/v1 (context {engine.context_length} tokens, "
-        f"{engine.device}, {engine.lm.model.dtype})"
-    )
-    serve_app(engine, model_name, engine.context_length, host=host, port=port)
+for command in (
+    runs.run,
+    runs.resume,
+    runs.replay,
+    runs.measure,
+    runs.interview,
+    runs.export,
+    runs.view,
+    runs.runs,
+    models.models,
+    models.generate,
+    models.serve,
+):
+    app.command()(command)
+app.add_typer(scenario_app, name="scenario")
 
 
 if __name__ == "__main__":

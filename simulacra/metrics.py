@@ -5,6 +5,10 @@ Ground truth (what Park et al. could not see): who knows each tracked fact, from
 during its hours. Interviews (what they did): every resident is asked the scenario's questions;
 an answer counts as knowing a fact when it names the fact's holder or one of its keywords; a
 "knowing" answer with no ground truth behind it is counted as unsupported (a hallucination).
+
+What a ``Simulation`` knows of itself it reports (``step_metrics``, ``coordination``); this module
+adds what needs the run's ``run.db`` (why invited residents stayed away), the interviews and the
+summary table. It imports ``simulation``, never the other way round.
 """
 
 from __future__ import annotations
@@ -17,22 +21,6 @@ from typing import Any
 from simulacra.simulation import Simulation
 from simulacra.storage import RunStore
 from simulacra.world import parse_time_of_day
-
-
-def step_metrics(sim: Simulation) -> dict[str, float]:
-    """Cheap per-step figures, stored in run.db's ``metric`` table."""
-    soc, town = sim.society, sim.town
-    out: dict[str, float] = {f"known.{fid}": n for fid, n in soc.facts.counts().items()}
-    out["density"] = town.social.density()
-    out["conversations"] = float(len(soc.conversations.history))
-    stats = soc.call_stats().values()
-    out["llm.calls"] = float(sum(s["calls"] for s in stats))
-    out["llm.prompt_tokens"] = float(sum(s["prompt_tokens"] for s in stats))
-    out["llm.cached_tokens"] = float(sum(s["cached_tokens"] for s in stats))
-    out["llm.completion_tokens"] = float(sum(s["completion_tokens"] for s in stats))
-    for ev, names in sim.attendance.items():
-        out[f"present.{ev}"] = float(len(names))
-    return out
 
 
 def _mentions(text: str, words: list[str]) -> bool:
@@ -75,30 +63,24 @@ async def interview_relationships(sim: Simulation) -> dict[str, Any]:
 
 
 def coordination(sim: Simulation, store: RunStore | None = None) -> dict[str, Any]:
-    """For each measured event: who knew of it before it began (invited; the host is not), and who of them was there.
+    """For each measured event: who knew of it before it began (invited; the host is not), and who of them was there
+    (``Simulation.coordination``).
 
     With the run's ``store`` each invited resident who stayed away also gets the ground truth of
     why (the paper only had interviews): ``planned`` (their day schedule or an hour plan put them at
     the event's place during its hours, so something else won: a conflict) and ``where`` (what they
     were mostly doing during the event's hours, from the stored frames)."""
-    d = sim.scenario.definition
-    out = {}
-    for ev in d.events:
-        if ev.id not in d.measurement.attendance:
-            continue
-        known = sim.society.facts.known.get(ev.information or "", {})
-        start_step = sim.town.clock.step_of(ev.start)
-        invited = sorted(n for n, p in known.items() if p.step < start_step and n != ev.host)
-        present = sorted(sim.attendance.get(ev.id, set()))
-        c: dict[str, Any] = {
-            "invited": invited,
-            "attended": sorted(set(invited) & set(present)),
-            "present_uninvited": sorted(set(present) - set(invited)),
-        }
-        if store is not None and sim.town.steps >= start_step:
+    out: dict[str, Any] = sim.coordination()
+    if store is None:
+        return out
+    events = {e.id: e for e in sim.scenario.definition.events}
+    for eid, c in out.items():
+        ev = events[eid]
+        if sim.town.steps >= sim.town.clock.step_of(ev.start):
+            present = sim.attendance.get(eid, set())
             where, planned = whereabouts(store, sim, ev), planned_to_attend(store, sim, ev)
-            c["absent"] = {n: {"planned": n in planned, "where": where.get(n, "")} for n in invited if n not in present}
-        out[ev.id] = c
+            absent = [n for n in c["invited"] if n not in present]
+            c["absent"] = {n: {"planned": n in planned, "where": where.get(n, "")} for n in absent}
     return out
 
 
@@ -186,8 +168,8 @@ def summary(
 ) -> dict[str, Any]:
     """The paper's table for this run: start → end of each measure, plus cost."""
     n = len(sim.residents)
-    hours = sim.town.steps * sim.town.clock.minutes_per_step / 60
-    last = step_metrics(sim)
+    hours = sim.town.clock.hours_of(sim.town.steps)
+    last = sim.step_metrics()
     out: dict[str, Any] = {"residents": n, "sim_hours": hours, "wall_s": round(wall_s, 1)}
     for fid in sim.society.facts.counts():
         out[f"knows {fid} (ground truth)"] = f"{int(first[f'known.{fid}'])} → {int(last[f'known.{fid}'])} of {n}"

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import simulacra
 from simulacra.agents import MindConfig, RetrievalWeights
 from simulacra.agents.society import TextEmbedder
-from simulacra.inference.backends.recording import CallRecord, RecordingLLM, ReplayLLM
+from simulacra.backend import Backend, make_llm
+from simulacra.inference.backends.recording import CallRecord, RecordingLLM
 from simulacra.inference.port import LLM
-from simulacra.metrics import step_metrics
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation, mind_config
 from simulacra.storage import RunError, RunLock, RunStore, StepData, damaged, fork_run, require_run_dir
@@ -64,16 +64,6 @@ class ReplayReport:
     run_dir: Path | None = None
 
 
-@dataclass
-class Backend:
-    """Which LLM a run used, enough to make the same one again on resume."""
-
-    kind: str  # "engine" | "replay" | "custom"
-    model: str = ""  # engine: model path ("" = packaged default)
-    source: str = ""  # replay: the run directory whose calls answer
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
 def file_sha256(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
@@ -83,16 +73,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def make_llm(backend: Backend) -> LLM:
-    if backend.kind == "engine":
-        from simulacra.inference.engine import Engine, EngineConfig
-
-        return Engine(backend.model or None, EngineConfig(**backend.settings))
-    if backend.kind == "replay":
-        return ReplayLLM(RunStore(backend.source).calls())
-    raise RunError(f"this run used a {backend.kind!r} backend; pass the same LLM object to resume it")
 
 
 def _unique_dir(root: Path, name: str, seed: int) -> Path:
@@ -142,8 +122,6 @@ class Run:
     def dir(self) -> Path:
         return self.store.dir
 
-    # ---- creating and opening --------------------------------------------------------------------
-
     @classmethod
     def create(
         cls,
@@ -166,7 +144,7 @@ class Run:
             backend = backend or Backend("custom")  # a caller's LLM object: resume needs the same object
         else:
             backend = backend or Backend("engine", d.model.path or "")
-        target = scenario.max_steps if hours is None else round(hours * 60 / d.simulation.minutes_per_step)
+        target = scenario.max_steps if hours is None else scenario.clock.steps_in(hours)
         path = Path(run_dir) if run_dir else _unique_dir(Path(out), _slug(d.name), seed)
         if (path / "run.db").exists():
             raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
@@ -306,12 +284,10 @@ class Run:
         lock.release()
         return cls.open(dest, llm=llm, embedder=embedder, lock=True)
 
-    # ---- stepping --------------------------------------------------------------------------------
-
     def _commit(self, wall_s: float) -> None:
         sim = self.sim
         stats = self.llm.stats() if hasattr(self.llm, "stats") else {}
-        metrics = step_metrics(sim)
+        metrics = sim.step_metrics()
         if sim.town.steps == 0:
             self.first_metrics = dict(metrics)
         data = StepData(
@@ -503,7 +479,7 @@ async def replay(
     run = Run.create(
         Path(run_dir) / "scenario.yaml",
         seed=info.seed,
-        hours=target * load_scenario(Path(run_dir) / "scenario.yaml").definition.simulation.minutes_per_step / 60,
+        hours=load_scenario(Path(run_dir) / "scenario.yaml").clock.hours_of(target),
         backend=Backend("replay", source=str(run_dir)),
         embedder=embedder,
         config=_config_from_json(settings["mind"]),

@@ -12,6 +12,7 @@ from typing import Any
 
 from simulacra.agents import Citizen, MindConfig, Society, TrackedFact, attach_minds
 from simulacra.agents.society import TextEmbedder
+from simulacra.backend import Backend, make_llm
 from simulacra.inference.port import LLM
 from simulacra.scenario import Scenario
 from simulacra.world import Town
@@ -45,9 +46,7 @@ class Simulation:
         config: MindConfig | None = None,
         **town_overrides: Any,
     ) -> None:
-        if llm is None:  # the local engine with the scenario's model (imported here: run.py imports this module)
-            from simulacra.run import Backend, make_llm
-
+        if llm is None:  # the local engine with the scenario's model
             llm = make_llm(Backend("engine", scenario.definition.model.path or ""))
         if embedder is None:
             from simulacra.inference.embedding import load_embedder
@@ -147,12 +146,46 @@ class Simulation:
         if (steps is None) == (hours is None):
             raise ValueError("give either steps or hours, e.g. sim.run(hours=1)")
         if hours is not None:
-            steps = round(hours * 60 / self.town.clock.minutes_per_step)
+            steps = self.town.clock.steps_in(hours)
         asyncio.run(self.arun(steps))
+
+    def step_metrics(self) -> dict[str, float]:
+        """Cheap per-step ground truth (facts known, density, conversations, LLM totals, attendance so far),
+        stored in run.db's ``metric`` table."""
+        soc, town = self.society, self.town
+        out: dict[str, float] = {f"known.{fid}": n for fid, n in soc.facts.counts().items()}
+        out["density"] = town.social.density()
+        out["conversations"] = float(len(soc.conversations.history))
+        stats = soc.call_stats().values()
+        out["llm.calls"] = float(sum(s["calls"] for s in stats))
+        out["llm.prompt_tokens"] = float(sum(s["prompt_tokens"] for s in stats))
+        out["llm.cached_tokens"] = float(sum(s["cached_tokens"] for s in stats))
+        out["llm.completion_tokens"] = float(sum(s["completion_tokens"] for s in stats))
+        for ev, names in self.attendance.items():
+            out[f"present.{ev}"] = float(len(names))
+        return out
+
+    def coordination(self) -> dict[str, dict[str, list[str]]]:
+        """For each measured event: who knew of it before it began (``invited``; the host is not), who of them was
+        there (``attended``), and who came uninvited. ``simulacra.metrics.coordination`` adds, from a run's
+        ``run.db``, why the invited who stayed away did."""
+        d = self.scenario.definition
+        out = {}
+        for ev in d.events:
+            if ev.id not in d.measurement.attendance:
+                continue
+            known = self.society.facts.known.get(ev.information or "", {})
+            start_step = self.town.clock.step_of(ev.start)
+            invited = sorted(n for n, p in known.items() if p.step < start_step and n != ev.host)
+            present = set(self.attendance.get(ev.id, set()))
+            out[ev.id] = {
+                "invited": invited,
+                "attended": sorted(set(invited) & present),
+                "present_uninvited": sorted(present - set(invited)),
+            }
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """The ground-truth measures now (facts known, density, LLM cost) plus who was invited to and attended each
         measured event."""
-        from simulacra.metrics import coordination, step_metrics  # metrics.py imports this module
-
-        return {**step_metrics(self), "coordination": coordination(self)}
+        return {**self.step_metrics(), "coordination": self.coordination()}

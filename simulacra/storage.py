@@ -335,8 +335,6 @@ class RunStore:
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             raise damaged(self.dir, f"could not read {what} ({_sqlite_message(exc)})") from exc
 
-    # ---- the run row -----------------------------------------------------------------------------
-
     def start(
         self, *, scenario: str, seed: int, model: str, model_sha256: str, settings: dict, steps_target: int
     ) -> None:
@@ -371,8 +369,6 @@ class RunStore:
                 row.steps_target = steps_target
             s.add(row)
             s.commit()
-
-    # ---- steps -----------------------------------------------------------------------------------
 
     def commit_step(self, data: StepData, memories: MemoryStore) -> None:
         """Write one step atomically (and nothing if anything fails).
@@ -484,9 +480,6 @@ def list_runs(root: str | Path) -> list[tuple[Path, RunRow | None, str]]:
         except RunError as exc:
             out.append((db.parent, None, str(exc)))
     return out
-
-
-# ---- damage: what it is, where, and how to continue from the last good step -----------------------------------
 
 
 def _sqlite_message(exc: BaseException) -> str:

@@ -20,7 +20,6 @@ import pandas as pd
 
 from simulacra.agents.society import TextEmbedder
 from simulacra.inference.port import LLM
-from simulacra.metrics import step_metrics
 from simulacra.run import Run
 from simulacra.scenario import Scenario, dump_scenario, generate_scenario, load_scenario, resolve_scenario_path
 from simulacra.simulation import Simulation
@@ -173,8 +172,8 @@ async def _run_point(
 
 
 def _row(run: Run, n: int, seed: int, hours: float, wall: float, stats: dict[str, float]) -> dict[str, Any]:
-    first, last = run.first_metrics, step_metrics(run.sim)
-    sim_hours = run.sim.town.steps * run.sim.town.clock.minutes_per_step / 60
+    first, last = run.first_metrics, run.sim.step_metrics()
+    sim_hours = run.sim.town.clock.hours_of(run.sim.town.steps)
     prompt = last["llm.prompt_tokens"]
     row: dict[str, Any] = {
         "residents": n,

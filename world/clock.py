@@ -74,6 +74,20 @@ class Clock:
         minutes = (when - self.start).total_seconds() / 60
         return max(0, -int(-minutes // self.minutes_per_step))
 
+    def steps_in(self, hours: float) -> int:
+        """The whole number of steps nearest to ``hours`` simulated hours (``round``: halves go to the even step).
+
+        Nearest, not rounded up (as a scenario's ``duration`` is, in whole minutes): ``hours`` is a float
+        that a person types or a caller computes back from a step count (``hours_of``), and rounding up
+        would turn float error into an extra step (7 steps of 10 min are 1.1666… h, which is 7.000000000000001
+        steps again).
+        """
+        return round(hours * 60 / self.minutes_per_step)
+
+    def hours_of(self, steps: int) -> float:
+        """The simulated hours ``steps`` steps cover (``steps_in`` reads it back exactly)."""
+        return steps * self.minutes_per_step / 60
+
     def minute_of_day(self, steps: int) -> int:
         """Minutes after midnight at ``steps``."""
         t = self.at(steps)

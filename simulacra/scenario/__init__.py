@@ -16,7 +16,8 @@ One job per module, in the order a file is read:
 - ``checks``: cross-references between sections, and the checks that need the built map
 - ``loader``: ``parse_scenario`` / ``load_scenario`` → ``Scenario`` (``build_town``, ``summary``); packaged files
 - ``generator``: ``generate_scenario(n, seed)`` for towns of any size, ``dump_scenario``
-- ``cli``: ``simulacra scenario generate`` / ``check`` (``register(app)``)
+
+The ``simulacra scenario generate`` / ``check`` commands are ``simulacra.commands.scenario``.
 
 The public names are re-exported here: ``from simulacra.scenario import load_scenario``.
 """

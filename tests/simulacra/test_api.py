@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import simulacra.run
+import simulacra.simulation
 from simulacra import Scenario, Simulation, generate_town, load_scenario, sweep
 from simulacra.inference.backends.fake import ScriptedLLM
 
@@ -65,7 +66,7 @@ def test_without_an_llm_the_scenarios_engine_is_started(monkeypatch: pytest.Monk
         asked.append(backend)
         return ScriptedLLM(by_kind())
 
-    monkeypatch.setattr(simulacra.run, "make_llm", make_llm)
+    monkeypatch.setattr(simulacra.simulation, "make_llm", make_llm)
     scenario = load_scenario(TOWN3)
     sim = Simulation(scenario, seed=1, embedder=WordEmbedder())
     assert [(b.kind, b.model) for b in asked] == [("engine", scenario.definition.model.path or "")]

@@ -264,7 +264,7 @@ def test_metadata_names_the_engine_settings_that_decide_its_outputs(tmp_path) ->
 
 
 def test_a_log_file_gets_one_progress_line_per_simulated_hour(tmp_path, capsys) -> None:
-    from simulacra.run_cli import _drive
+    from simulacra.commands.runs import _drive
 
     run = asyncio.run(make_run(tmp_path, hours=2.0))
     asyncio.run(_drive(run, view=False, interview=False))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from simulacra.cli import app
 from simulacra.scenario import (
     dump_scenario,
     generate_scenario,
@@ -15,7 +16,6 @@ from simulacra.scenario import (
     parse_scenario,
     resolve_scenario_path,
 )
-from simulacra.scenario.cli import scenario_app
 
 
 def test_town25_is_the_promised_town() -> None:
@@ -73,13 +73,13 @@ def test_generator_is_deterministic_and_scales() -> None:
 def test_cli_generate_and_check(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "town_100.yaml"
-    result = runner.invoke(scenario_app, ["generate", "--residents", "100", "--seed", "3", "-o", str(out)])
+    result = runner.invoke(app, ["scenario", "generate", "--residents", "100", "--seed", "3", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "residents" in result.output
-    result = runner.invoke(scenario_app, ["check", str(out)])
+    result = runner.invoke(app, ["scenario", "check", str(out)])
     assert result.exit_code == 0, result.output
     assert "valid" in result.output and "100" in result.output
-    result = runner.invoke(scenario_app, ["check", "town25"])
+    result = runner.invoke(app, ["scenario", "check", "town25"])
     assert result.exit_code == 0 and "Fernwick" in result.output
 
 
@@ -87,8 +87,10 @@ def test_cli_check_reports_the_problem_with_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     text = Path(packaged_scenarios()["town3"]).read_text().replace("home: Birch House", "home: Birch Hose")
     bad.write_text(text)
-    result = CliRunner().invoke(scenario_app, ["check", str(bad)])
+    result = CliRunner().invoke(app, ["scenario", "check", str(bad)])
     assert result.exit_code == 2
+    assert result.output.startswith(f"error: {bad}, line ")
+    assert "[red]" not in result.output  # printed as the other commands print errors, not as literal markup
     assert "residents[2].home: unknown place 'Birch Hose' (did you mean 'Birch House'?" in result.output.replace(
         "\n", ""
     )

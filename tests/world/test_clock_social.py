@@ -25,6 +25,16 @@ def test_clock() -> None:
         parse_time_of_day("half past seven")
 
 
+def test_hours_to_steps_is_the_nearest_step_and_reads_back_exactly() -> None:
+    c, slow = Clock(datetime(2025, 4, 10, 7, 0), 10), Clock(datetime(2025, 4, 10, 7, 0), 25)
+    assert c.steps_in(2) == 12 and c.steps_in(0.5) == 3 and c.steps_in(1 / 3) == 2
+    assert slow.steps_in(1) == 2 and slow.steps_in(1.25) == 3  # 2.4 and 3.0 steps
+    assert c.steps_in(0.26) == 2 and c.steps_in(0.24) == 1  # 1.56 and 1.44 steps: the nearest
+    assert c.hours_of(7) == 7 * 10 / 60
+    # a step count turned into hours (replay does) comes back as itself, where rounding up would add a step
+    assert all(c.steps_in(c.hours_of(n)) == n and slow.steps_in(slow.hours_of(n)) == n for n in range(2000))
+
+
 def test_social_graph() -> None:
     g = SocialGraph(["A", "B", "C", "D"])
     assert g.density() == 0

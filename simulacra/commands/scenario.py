@@ -1,8 +1,6 @@
-"""`simulacra scenario ...`: generate towns of any size and check scenario files.
+"""`simulacra scenario generate | check`: generate towns of any size and check scenario files.
 
-``register(app)`` adds the ``scenario`` command group to the main CLI (``simulacra.cli``), as
-``simulacra.run_cli.register`` adds the run commands; ``scenario_app`` is the group itself (tests
-invoke it directly).
+``scenario_app`` is the group; ``simulacra.cli`` adds it to the main app as ``scenario``.
 """
 
 from __future__ import annotations
@@ -11,25 +9,19 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from simulacra.scenario.errors import ScenarioError
-from simulacra.scenario.generator import dump_scenario, generate_scenario
-from simulacra.scenario.loader import load_scenario, parse_scenario, resolve_scenario_path
+from simulacra.commands import console, fail
+from simulacra.scenario import (
+    ScenarioError,
+    dump_scenario,
+    generate_scenario,
+    load_scenario,
+    parse_scenario,
+    resolve_scenario_path,
+)
 
 scenario_app = typer.Typer(help="Generate and check scenario files.", no_args_is_help=True, add_completion=False)
-console = Console()
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``simulacra scenario generate`` / ``check`` to ``app``."""
-    app.add_typer(scenario_app, name="scenario")
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=False, highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _summary_table(summary: dict, title: str) -> Table:
@@ -60,7 +52,7 @@ def generate(
     try:
         scenario = parse_scenario(data, source=str(output)) if check else None
     except ScenarioError as exc:  # a generator bug, but say so plainly
-        _fail(exc)
+        fail(str(exc))
     dump_scenario(data, output)
     took = time.perf_counter() - t0
     if scenario is not None:
@@ -76,6 +68,6 @@ def check_file(path: str = typer.Argument(..., help="scenario YAML file (or the 
     try:
         scenario = load_scenario(resolve_scenario_path(path))
     except ScenarioError as exc:
-        _fail(exc)
+        fail(str(exc))
     took = time.perf_counter() - t0
     console.print(_summary_table(scenario.summary(), f"{path}: valid ({took:.1f}s)"))
