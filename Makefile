@@ -51,3 +51,11 @@ bench-server: $(STAMP)
 
 bench-viewer: $(STAMP)
 	$(BIN)/python bench/viewer.py
+
+# Model files nobody here wrote: llama.cpp's own converter (from the llama-cpp-python sdist) turns tiny
+# random checkpoints of every family into F32/F16/Q8_0 GGUF; our logits against transformers', and our
+# next-token choices against libllama built from the same sdist. Downloads and compiles a peer into
+# .cache/peers/ (about 10 minutes the first time), so it is not part of `make test`.
+.PHONY: check-peer-gguf
+check-peer-gguf: $(STAMP)
+	$(BIN)/python bench/peers/gguf_converter.py

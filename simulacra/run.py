@@ -76,16 +76,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _unique_dir(root: Path, name: str, seed: int) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{name}-{stamp}-s{seed}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    return path
+    return _free_path(root / f"{name}-{datetime.now():%Y%m%d-%H%M%S}-s{seed}")
 
 
 def _free_path(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, … whichever does not exist yet."""
     path, n = base, 1
     while path.exists():
         n += 1
