@@ -3,6 +3,7 @@ permuted Q/K rows for rotary-"normal" architectures), from a `transformers` refe
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,25 @@ def gguf_tensors(cfg, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """The divisor of each rotary frequency, as llama.cpp's converter writes it (`rope_freqs.weight`):
+    Llama-3 scaling is not in a GGUF's metadata."""
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def byte_vocab(size: int) -> list[str]:
     """`size` single-byte tokens in GPT-2's byte-level spelling: printable ASCII, then "Ġ" (space) and
     "Ċ" (newline). 96 tokens cover them all, so the tiny models' ids and texts map one to one."""
@@ -148,7 +168,10 @@ def write_gguf(
         w.add_float32(f"{arch}.residual_scale", cfg.residual_multiplier)
         w.add_float32(f"{arch}.attention.scale", cfg.attention_multiplier)
         w.add_float32(f"{arch}.logit_scale", cfg.logits_scaling)
-    for name, arr in gguf_tensors(cfg, _checkpoint(folder)).items():
+    tensors = gguf_tensors(cfg, _checkpoint(folder))
+    if (cfg.rope_parameters or {}).get("rope_type") == "llama3":
+        tensors["rope_freqs.weight"] = llama3_rope_factors(cfg.rope_parameters, head_dim)
+    for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.ndim >= 2 and qtype != GGMLQuantizationType.F32:
             if qtype == GGMLQuantizationType.F16:

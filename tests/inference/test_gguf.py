@@ -37,6 +37,18 @@ def test_gguf_logits_equal_safetensors_logits(checkpoint) -> None:
         assert (a - b).abs().max().item() <= 1e-5
 
 
+def test_llama3_rope_scaling_comes_from_rope_freqs(tmp_path) -> None:
+    """Llama-3 scaling reaches a GGUF only as the `rope_freqs.weight` factors; without them the
+    logits were 5 logits off (found by `make check-peer-gguf`, llama.cpp's own converter)."""
+    save_reference(build_reference("llama_llama3_rope", seed=3), tmp_path / "hf")
+    gguf_path = write_gguf(tmp_path / "hf", tmp_path / "f32.gguf")
+    _, from_st = load_transformer(tmp_path / "hf", dtype=torch.float32)
+    _, from_gguf = load_transformer(gguf_path, dtype=torch.float32)
+    seqs = [torch.randint(0, 96, (n,), generator=torch.Generator().manual_seed(7)) for n in (40, 3)]
+    for a, b in zip(ours_logits(from_st, seqs), ours_logits(from_gguf, seqs), strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0])
 def test_quantised_gguf_computes_with_its_dequantised_weights(checkpoint, qtype) -> None:
     """Block layout, dimension order, stacked experts and the Q/K un-permutation all survive
