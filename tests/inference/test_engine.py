@@ -116,7 +116,13 @@ async def test_cancelled_requests_free_their_blocks(lm) -> None:
 
 
 class Exploding:
-    def advance(self, token: int) -> None:
+    """A grammar constraint whose every token raises: the engine must fail that request alone."""
+
+    forcing = False  # not writing a budget close-out
+    closed = False
+    close_seconds = 0.0
+
+    def accept(self, token: int, budget: int) -> int:
         raise RuntimeError("constraint exploded")
 
     def is_done(self) -> bool:
