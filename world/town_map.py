@@ -114,6 +114,15 @@ class UnknownPlaceError(KeyError):
         return str(self.args[0])
 
 
+def _check_child_name(loc: tuple, name: str, taken: set[str], clash: str, problems: list[MapProblem]) -> None:
+    """A room's or object's name: no ':' (it separates levels) and unique in its parent, ignoring case."""
+    if SEP in name:
+        problems.append(_colon_problem(loc, name))
+    if name.casefold() in taken:
+        problems.append(MapProblem((*loc, "name"), f"{clash} '{name}'; rename one"))
+    taken.add(name.casefold())
+
+
 def _colon_problem(loc: tuple, name: str) -> MapProblem:
     return MapProblem((*loc, "name"), f"'{name}' contains ':', which separates area, room and object; remove it")
 
@@ -351,13 +360,7 @@ class TownMap:
             for j, r in enumerate(a.rooms):
                 rloc = (*loc, "rooms", j)
                 full = f"{a.name}{SEP}{r.name}"
-                if SEP in r.name:
-                    problems.append(_colon_problem(rloc, r.name))
-                if r.name.casefold() in room_names:
-                    problems.append(
-                        MapProblem((*rloc, "name"), f"'{a.name}' already has a room called '{r.name}'; rename one")
-                    )
-                room_names.add(r.name.casefold())
+                _check_child_name(rloc, r.name, room_names, f"'{a.name}' already has a room called", problems)
                 if r.rooms:
                     problems.append(
                         MapProblem((*rloc, "rooms"), "rooms cannot hold rooms (areas hold rooms, rooms hold objects)")
@@ -395,13 +398,7 @@ class TownMap:
             names: set[str] = set()
             for k, o in enumerate(p.objects):
                 oloc = (*loc, "objects", k)
-                if SEP in o.name:
-                    problems.append(_colon_problem(oloc, o.name))
-                if o.name.casefold() in names:
-                    problems.append(
-                        MapProblem((*oloc, "name"), f"'{full_place}' already has an object '{o.name}'; rename one")
-                    )
-                names.add(o.name.casefold())
+                _check_child_name(oloc, o.name, names, f"'{full_place}' already has an object", problems)
                 x, y = o.at
                 where = f"(x={x}, y={y})"
                 if not (0 <= x < self.width and 0 <= y < self.height):

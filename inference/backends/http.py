@@ -169,6 +169,12 @@ class OpenAIHTTPBackend:
         body.update(self.extra_body)
         return path, body
 
+    async def _back_off(self, attempt: int, response: httpx.Response | None) -> int:
+        """Wait before the next attempt (the server's Retry-After, else jittered exponential); its number."""
+        await asyncio.sleep(self._delay(attempt, response))
+        self._counters["retries"] += 1
+        return attempt + 1
+
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
             after = response.headers.get("retry-after")
@@ -214,9 +220,7 @@ class OpenAIHTTPBackend:
                     f"{self.base_url}{path}: {failure} (gave up after {attempt + 1} attempt(s))",
                     None if response is None else response.status_code,
                 )
-            await asyncio.sleep(self._delay(attempt, response))
-            attempt += 1
-            self._counters["retries"] += 1
+            attempt = await self._back_off(attempt, response)
 
     def _result(
         self, text: str, finish: str | None, usage: dict[str, Any] | None, schema: Schema, timings: dict[str, float]
@@ -267,9 +271,7 @@ class OpenAIHTTPBackend:
                         f"{self.base_url}{path}: {failure} (gave up after {attempt + 1} attempt(s))",
                         response.status_code,
                     )
-                await asyncio.sleep(self._delay(attempt, None))
-                attempt += 1
-                self._counters["retries"] += 1
+                attempt = await self._back_off(attempt, None)
         finally:
             self._counters["running"] -= 1
         timings = {"total_s": time.perf_counter() - t0}
@@ -334,9 +336,7 @@ class OpenAIHTTPBackend:
                         else f" (gave up after {attempt + 1} attempt(s))"
                     )
                     raise type(failure)(f"{failure}{why}", failure.status) from failure.__cause__
-                await asyncio.sleep(self._delay(attempt, None))
-                attempt += 1
-                self._counters["retries"] += 1
+                attempt = await self._back_off(attempt, None)
         finally:
             self._counters["running"] -= 1
         timings = {"total_s": time.perf_counter() - t0}

@@ -170,20 +170,25 @@ def _check_relationships(i: int, r: ResidentDef, names: _Names) -> Problems:
     return out
 
 
+def _id_and_resident(
+    section: str, k: int, ids: list[str], item_id: str, role: str, who: str, names: _Names
+) -> Problems:
+    """An item's id is the first of its kind, and the resident in its `role` field exists."""
+    out: Problems = []
+    if ids.index(item_id) != k:
+        kind = "fact" if section == "information" else "event"
+        out.append(((section, k, "id"), f"the id '{item_id}' is used twice; {kind} ids must be unique"))
+    if who not in names.first_index:
+        hint = _did_you_mean(who, names.residents)
+        out.append(((section, k, role), f"unknown resident '{who}' ({hint}the {role} must be one of the residents)"))
+    return out
+
+
 def _check_information(d: ScenarioDef, names: _Names, facts: list[str]) -> Problems:
     """Fact ids are unique and every fact's holder is a resident."""
     out: Problems = []
     for k, f in enumerate(d.information):
-        if facts.index(f.id) != k:
-            out.append((("information", k, "id"), f"the id '{f.id}' is used twice; fact ids must be unique"))
-        if f.holder not in names.first_index:
-            out.append(
-                (
-                    ("information", k, "holder"),
-                    f"unknown resident '{f.holder}' ({_did_you_mean(f.holder, names.residents)}the holder must be "
-                    "one of the residents)",
-                )
-            )
+        out += _id_and_resident("information", k, facts, f.id, "holder", f.holder, names)
     return out
 
 
@@ -192,16 +197,7 @@ def _check_events(d: ScenarioDef, names: _Names, facts: list[str]) -> Problems:
     out: Problems = []
     events = [e.id for e in d.events]
     for k, e in enumerate(d.events):
-        if events.index(e.id) != k:
-            out.append((("events", k, "id"), f"the id '{e.id}' is used twice; event ids must be unique"))
-        if e.host not in names.first_index:
-            out.append(
-                (
-                    ("events", k, "host"),
-                    f"unknown resident '{e.host}' ({_did_you_mean(e.host, names.residents)}the host must be one of "
-                    "the residents)",
-                )
-            )
+        out += _id_and_resident("events", k, events, e.id, "host", e.host, names)
         if e.place not in names.everywhere:
             everywhere = names.everywhere
             out.append(
