@@ -3,8 +3,9 @@
 Every cognitive call goes through ``Society.ask``: it tags the call (purpose, resident, step) for the
 recorder, derives its sampling seed from (run seed, resident, step, purpose, n) so the same run asks
 the same questions with the same seeds, and keeps per-purpose counts of calls, tokens and prefix-cache
-hits. Embeddings of new memories are computed in one batch per step (``embed_new``), and importance
-is scored once per distinct text, however many residents saw the same thing.
+hits. Embeddings of new memories are computed in one call per step (``embed_new``), and importance
+is scored once per distinct text, however many residents saw the same thing, and applied for
+everyone at the step's end (``end_step``).
 """
 
 from __future__ import annotations
