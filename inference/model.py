@@ -24,6 +24,19 @@ from simulacra.inference.config import ModelConfig
 MOE_KERNELS = True
 
 
+class Linear(nn.Linear):
+    """`nn.Linear`, batch-invariant inside `kernels.invariant_forward()` (`EngineConfig.deterministic`).
+
+    BLAS picks kernels and blockings by the row count (a single row takes a GEMV path), so a row's bits
+    can depend on how many rows share the call; the invariant mode runs fixed-size row tiles instead
+    (`kernels.invariant_linear`). Outside it this is exactly `nn.Linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if kernels.invariant_forward_active():
+            return kernels.invariant_linear(x, self.weight, bias=self.bias)
+        return super().forward(x)
+
+
 class KVStore(Protocol):
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """Store this step's k/v for `layer` and return attention output [N, n_heads, head_dim]."""
@@ -89,10 +102,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        self.wq = nn.Linear(cfg.hidden_size, nh * hd, bias=cfg.attn_bias)
-        self.wk = nn.Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
-        self.wv = nn.Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
-        self.wo = nn.Linear(nh * hd, cfg.hidden_size, bias=False)
+        self.wq = Linear(cfg.hidden_size, nh * hd, bias=cfg.attn_bias)
+        self.wk = Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
+        self.wv = Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
+        self.wo = Linear(nh * hd, cfg.hidden_size, bias=False)
         if cfg.qk_norm == "head":
             self.q_norm, self.k_norm = RMSNorm(hd, cfg.rms_eps), RMSNorm(hd, cfg.rms_eps)
         elif cfg.qk_norm == "full":
@@ -121,8 +134,8 @@ class MLP(nn.Module):
 
     def __init__(self, hidden: int, inter: int) -> None:
         super().__init__()
-        self.gate_up = nn.Linear(hidden, 2 * inter, bias=False)
-        self.down = nn.Linear(inter, hidden, bias=False)
+        self.gate_up = Linear(hidden, 2 * inter, bias=False)
+        self.down = Linear(inter, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -152,11 +165,11 @@ class MoE(nn.Module):
         super().__init__()
         e, h, i = cfg.n_experts, cfg.hidden_size, cfg.moe_intermediate_size
         self.k, self.mode, self.norm_topk = cfg.n_experts_per_tok, cfg.router_mode, cfg.norm_topk_prob
-        self.router = nn.Linear(h, e, bias=False)
+        self.router = Linear(h, e, bias=False)
         self.gate_up = nn.Parameter(torch.empty(e, 2 * i, h))
         self.down = nn.Parameter(torch.empty(e, h, i))
         self.shared = MLP(h, cfg.shared_expert_intermediate_size) if cfg.shared_expert_intermediate_size else None
-        self.shared_gate = nn.Linear(h, 1, bias=False) if cfg.shared_expert_gate else None
+        self.shared_gate = Linear(h, 1, bias=False) if cfg.shared_expert_gate else None
 
     def experts(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
         if MOE_KERNELS:
@@ -216,7 +229,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         inv_freq, self.rope_scale = rope_inv_freq(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 

@@ -43,6 +43,9 @@ class EngineConfig:
     # where the model, KV cache and sampling run: "auto" = CUDA when torch sees a GPU, else CPU (for a
     # model given already loaded: where it is), or "cpu" / "cuda" / "cuda:N"
     device: str = "auto"
+    # a request's tokens bit-identical whatever else is batched, however its prompt is chunked, whether
+    # its prefix is cached: batch-invariant kernels (docs/ARCHITECTURE.md), CPU only, slower
+    deterministic: bool = False
 
 
 def _loaded_device(lm: LoadedModel, wanted: str) -> torch.device:
@@ -140,13 +143,17 @@ class Engine:
         else:
             self.device = torch.device(resolve_device(cfg.device))
             self.lm = load_model(model, device=str(self.device))  # dtype: `loader.default_dtype(device)`
+        if cfg.deterministic and self.device.type != "cpu":
+            raise ValueError(
+                f"EngineConfig.deterministic runs on the CPU only (its attention kernel is numba), not {self.device}"
+            )
         mcfg = self.lm.model.cfg
         kv_dtype = PagedKV.cache_dtype(self.lm.model.dtype, str(self.device))
         per_token = PagedKV.bytes_per_token(mcfg.n_layers, mcfg.n_kv_heads, mcfg.head_dim, kv_dtype)
         num_blocks = max(int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size), 2)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_batched_tokens)
-        self.runner = ModelRunner(self.lm.model, num_blocks, cfg.block_size)
+        self.runner = ModelRunner(self.lm.model, num_blocks, cfg.block_size, cfg.deterministic)
         self.tokenizer = self.lm.tokenizer
         self.context_length = min(mcfg.max_position, num_blocks * cfg.block_size - 1)
         self.counters = Counters()

@@ -11,6 +11,11 @@ indices once; every layer then writes its new K/V with one `index_copy_` and att
 - sequences with several new tokens (prefill chunks) attend one by one with a causal mask offset by
   what is already cached, so a prefix-cache hit or an earlier chunk is simply "past".
 
+Deterministic mode (`EngineConfig.deterministic`, CPU only): every row of the batch, prefill or
+decode, goes through the numba kernel with its own block table and context length (position + 1,
+causal by construction), so a token's attention depends only on its q and the K/V of its context,
+never on how its prompt was chunked, whether its prefix came from the cache, or what else is batched.
+
 On the CPU the cache is fp32 whatever the weights' dtype (`cache_dtype`): the numba kernel reads it
 in place, and attention runs at full precision; K/V of a bf16 model are widened as they are stored.
 """
@@ -46,11 +51,15 @@ class PagedKV:
         head_dim: int,
         dtype: torch.dtype,
         device: str = "cpu",
+        deterministic: bool = False,
     ) -> None:
         shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
+        self.deterministic = deterministic
+        if deterministic and not paged_attention.supported(self.k):
+            raise ValueError("deterministic attention runs the numba kernel: it needs the CPU (fp32 cache)")
         self.layout: StepLayout | None = None
 
     @staticmethod
@@ -77,7 +86,11 @@ class PagedKV:
         for table, start, n in chunks:
             slots.append(self._slots(table, start, start + n))
             used = torch.tensor(table[: -(-(start + n) // bs)], dtype=torch.long)
-            if n == 1:
+            if self.deterministic:  # every row alone, over its own context (see the module docstring)
+                decode_rows.extend(range(row, row + n))
+                decode_tables.extend([used] * n)
+                lengths.extend(range(start + 1, start + n + 1))
+            elif n == 1:
                 decode_rows.append(row)
                 decode_tables.append(used)
                 lengths.append(start + 1)
@@ -89,7 +102,8 @@ class PagedKV:
         else:
             tables = torch.zeros(0, 0, dtype=torch.long)
         lens = torch.tensor(lengths, dtype=torch.long)
-        mask = (torch.arange(tables.shape[1] * bs)[None, :] < lens[:, None])[:, None, None, :]
+        keys = 0 if self.deterministic else tables.shape[1] * bs  # the mask is for the SDPA (non-numba) path
+        mask = (torch.arange(keys)[None, :] < lens[:, None])[:, None, None, :]
         rows = torch.tensor(decode_rows, dtype=torch.long)
         # built on the CPU (small, Python lists), used on the cache's device (no-op copies on the CPU)
         layout = (torch.cat(slots), rows, tables, lens, mask)

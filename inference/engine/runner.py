@@ -5,15 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from simulacra.inference import kernels
 from simulacra.inference.engine.paged_kv import PagedKV
 from simulacra.inference.engine.scheduler import Chunk
 from simulacra.inference.model import Transformer
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, deterministic: bool = False) -> None:
+        """`deterministic`: batch-invariant forward passes (fixed-tile linears, invariant MoE experts,
+        every row's attention through one kernel): a row's logits do not depend on its batch."""
         cfg = model.cfg
         self.model = model
+        self.deterministic = deterministic
         self.kv = PagedKV(
             cfg.n_layers,
             num_blocks,
@@ -22,6 +26,7 @@ class ModelRunner:
             cfg.head_dim,
             PagedKV.cache_dtype(model.dtype, str(model.embed.weight.device)),
             str(model.embed.weight.device),
+            deterministic,
         )
 
     @torch.inference_mode()
@@ -36,9 +41,13 @@ class ModelRunner:
                 last_rows.append(row - 1)
         self.kv.prepare([(c.seq.block_table, c.start, c.num_tokens) for c in chunks])
         device = self.model.embed.weight.device
-        return self.model(
+        args = (
             torch.tensor(tokens, device=device),
             torch.tensor(positions, device=device),
             self.kv,
-            logits_rows=torch.tensor(last_rows, dtype=torch.long, device=device),
+            torch.tensor(last_rows, dtype=torch.long, device=device),
         )
+        if self.deterministic:
+            with kernels.invariant_forward():
+                return self.model(*args)
+        return self.model(*args)

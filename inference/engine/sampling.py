@@ -4,7 +4,8 @@ Guarantee: a request with the same prompt, parameters and seed, run in a batch o
 composition, yields the same tokens. Each request draws only from its own generator, so the
 random stream never depends on its neighbours; what can still change with the neighbours is the
 logits themselves (the matmul reduction order depends on batch shape), which the engine benchmark
-measures for greedy decoding.
+measures for greedy decoding; `EngineConfig(deterministic=True)` fixes the logits too. Everything here
+works on one row at a time, so a row's token never depends on the other rows.
 """
 
 from __future__ import annotations

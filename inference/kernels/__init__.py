@@ -14,12 +14,18 @@ One entry point, `moe_experts(moe, x, weights, ids)`, picks the implementation f
 measured by `bench/moe.py`) and `batch_invariant` (one fixed kernel configuration, so a token's output
 does not depend on the batch around it: `invariant_kernel` "narrow" = the narrow kernel for every
 expert, the fast choice without AMX; "tiled" = fixed `tile`-row matmuls; on CUDA a fixed BLOCK_M).
+
+`invariant_forward()` makes the enclosed forward passes of *this thread* batch-invariant as a whole
+(`EngineConfig(deterministic=True)`): the MoE experts as in `batch_invariant` mode and every linear
+layer of `model.py` through `invariant_linear`. It is a context variable, not a process-wide switch,
+so a default engine on another thread is unaffected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,8 @@ __all__ = [
     "cpu_experts",
     "gguf_expert_tensor_names",
     "gguf_expert_types",
+    "invariant_forward",
+    "invariant_forward_active",
     "invariant_linear",
     "moe_experts",
     "qlinear",
@@ -64,6 +72,8 @@ class KernelSettings:
 
 settings = KernelSettings()
 
+_invariant_forward: ContextVar[bool] = ContextVar("invariant_forward", default=False)
+
 
 @contextmanager
 def batch_invariant(
@@ -82,37 +92,59 @@ def batch_invariant(
         settings.batch_invariant, settings.invariant_kernel, settings.tile = saved
 
 
+@contextmanager
+def invariant_forward(enabled: bool = True) -> Iterator[None]:
+    """Batch-invariant forward passes in the enclosed code, on this thread only (a context variable):
+    MoE experts in `batch_invariant` mode, every `model.Linear` through `invariant_linear`."""
+    token = _invariant_forward.set(enabled)
+    try:
+        yield
+    finally:
+        _invariant_forward.reset(token)
+
+
+def invariant_forward_active() -> bool:
+    return _invariant_forward.get()
+
+
 def moe_experts(moe: Any, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
     """Routed-expert output [N, H] (fp32) of an `MoE` module: `moe.gate_up[E, 2I, H]`, `moe.down[E, H, I]`,
     or quantised copies in `moe.quantized` (a (gate_up, down) pair of `QuantizedTensor`) when present."""
     quantized = getattr(moe, "quantized", None)
     gate_up, down = quantized if quantized is not None else (moe.gate_up, moe.down)
+    invariant = settings.batch_invariant or _invariant_forward.get()
     if x.is_cuda:
         from simulacra.inference.kernels.triton_moe import triton_experts
 
-        return triton_experts(
-            x, weights, ids, gate_up, down, block_m=settings.tile if settings.batch_invariant else None
-        )
+        return triton_experts(x, weights, ids, gate_up, down, block_m=settings.tile if invariant else None)
     small = settings.small_max_quantised if quantized is not None else settings.small_max
-    if settings.batch_invariant and settings.invariant_kernel == "tiled":
+    if invariant and settings.invariant_kernel == "tiled":
         return cpu_experts(x, weights, ids, gate_up, down, tile=settings.tile)
-    if settings.batch_invariant:
+    if invariant:
         small = None
     return cpu_experts(x, weights, ids, gate_up, down, small_max=small)
 
 
-def invariant_linear(x: Tensor, weight: Tensor, tile: int | None = None) -> Tensor:
-    """`x @ weight.T` computed in fixed `tile`-row matmuls: row i's result is the same bits whatever else
-    is in `x`. For the router, shared expert and dense layers of a fully batch-invariant forward pass."""
+def invariant_linear(x: Tensor, weight: Tensor, tile: int | None = None, bias: Tensor | None = None) -> Tensor:
+    """`x @ weight.T (+ bias)` computed in fixed `tile`-row matmuls (the last one padded with zero rows):
+    every matmul has the same shape, so row i's result is the same bits whatever else is in `x` and
+    wherever row i sits. `x` may have leading dims ([..., K]). Used for every linear layer of a
+    batch-invariant forward pass (`invariant_forward`)."""
     tile = tile or settings.tile
+    lead, k = x.shape[:-1], x.shape[-1]
+    x = x.reshape(-1, k)
     n = x.shape[0]
     pad = (-n) % tile
-    xp = torch.cat((x, x.new_zeros(pad, x.shape[1]))) if pad else x
-    out = torch.empty(n + pad, weight.shape[0], dtype=torch.promote_types(x.dtype, weight.dtype))
+    xp = torch.cat((x, x.new_zeros(pad, k))) if pad else x.contiguous()
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+    out = torch.empty(n + pad, weight.shape[0], dtype=dtype, device=x.device)
     wt = weight.t()
     for i in range(0, n + pad, tile):
         torch.mm(xp[i : i + tile], wt, out=out[i : i + tile])
-    return out[:n]
+    out = out[:n]
+    if bias is not None:
+        out = out + bias  # elementwise: per row
+    return out.reshape(*lead, weight.shape[0])
 
 
 def quantize_experts(model: torch.nn.Module, qtype: str, drop_float: bool = True) -> int:

@@ -86,13 +86,19 @@ def serve(
     kv_cache_gb: float = typer.Option(1.0, help="memory for the paged KV cache"),
     max_num_seqs: int = typer.Option(128, help="most requests decoded together"),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"),
+    deterministic: bool = typer.Option(
+        False, help="batch-invariant kernels: a request's tokens do not depend on what else is batched (CPU, slower)"
+    ),
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     from simulacra.inference.backends.server import serve as serve_app
     from simulacra.inference.engine import Engine, EngineConfig
 
     try:
-        engine = Engine(model, EngineConfig(kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, device=device))
+        config = EngineConfig(
+            kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, device=device, deterministic=deterministic
+        )
+        engine = Engine(model, config)
     except (ModelLoadError, ValueError) as exc:
         fail(str(exc))
     model_name = name or engine.lm.info.path.stem
