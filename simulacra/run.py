@@ -437,7 +437,12 @@ def _engine_settings(llm: LLM) -> dict[str, Any]:
     config, lm = getattr(llm, "config", None), getattr(llm, "lm", None)
     if config is None or lm is None or not is_dataclass(config):
         return {}
-    return {**asdict(config), "dtype": str(lm.model.dtype).removeprefix("torch."), "device": str(llm.device)}
+    out = {**asdict(config), "dtype": str(lm.model.dtype).removeprefix("torch."), "device": str(llm.device)}
+    if out.get("deterministic"):
+        from simulacra.inference import kernels
+
+        out["invariant_tile"] = kernels.settings.tile  # the row tile every linear runs in
+    return out
 
 
 VERSIONED = ("torch", "numpy", "numba", "mesa", "llguidance", "tokenizers", "sqlmodel", "pydantic", "websockets")

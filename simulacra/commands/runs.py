@@ -30,6 +30,9 @@ def run(
     out: Path = typer.Option(Path("runs"), help="folder for run directories"),
     view: bool = typer.Option(False, "--view", help="serve the live viewer and print its URL"),
     interview: bool = typer.Option(False, "--interview", help="interview every resident at the end (paper's method)"),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="batch-invariant engine: a call's tokens do not depend on its batch (slower)"
+    ),
 ) -> None:
     """Run a scenario; every step is committed to RUN/run.db, so the run can be resumed, replayed, viewed."""
     from simulacra.inference.errors import ModelLoadError
@@ -39,7 +42,8 @@ def run(
     try:
         path = resolve_scenario_path(scenario)
         d = load_scenario(path).definition
-        backend = Backend("engine", model or d.model.path or "")
+        settings = {"deterministic": True} if deterministic else {}
+        backend = Backend("engine", model or d.model.path or "", settings=settings)
         run_ = Run.create(path, out=out, seed=seed, hours=hours, backend=backend)
     except (ScenarioError, ModelLoadError, FileNotFoundError) as exc:
         fail(str(exc))

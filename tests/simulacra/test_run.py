@@ -254,13 +254,35 @@ def test_metadata_names_the_engine_settings_that_decide_its_outputs(tmp_path) ->
     from tests.inference.tiny_models import build_reference, save_reference
 
     save_reference(build_reference("olmoe", seed=5), tmp_path / "hf")
-    engine = Engine(write_gguf(tmp_path / "hf", tmp_path / "m.gguf", Q.Q8_0, tokenizer=True), EngineConfig(seed=3))
-    try:
-        got = _engine_settings(engine)
-    finally:
-        asyncio.run(engine.aclose())
-    assert got["seed"] == 3 and got["device"] == "cpu" and got["block_size"] == 16
-    assert got["dtype"] == str(default_dtype()).removeprefix("torch.")
+    model = write_gguf(tmp_path / "hf", tmp_path / "m.gguf", Q.Q8_0, tokenizer=True)
+    for config in (EngineConfig(seed=3), EngineConfig(seed=3, deterministic=True)):
+        engine = Engine(model, config)
+        try:
+            got = _engine_settings(engine)
+        finally:
+            asyncio.run(engine.aclose())
+        assert got["seed"] == 3 and got["device"] == "cpu" and got["block_size"] == 16
+        assert got["dtype"] == str(default_dtype()).removeprefix("torch.")
+        assert got["deterministic"] is config.deterministic and ("invariant_tile" in got) is config.deterministic
+
+
+def test_run_deterministic_records_its_backend_so_resume_rebuilds_it(tmp_path, monkeypatch) -> None:
+    """`simulacra run --deterministic` asks for the engine's deterministic mode in the run's backend,
+    which run.db and meta.json record and `resume` rebuilds (`backend.make_llm`)."""
+    from typer.testing import CliRunner
+
+    from simulacra.cli import app
+
+    seen = []
+
+    def create(path, **kw):  # noqa: ANN001, ANN003 - stands in for Run.create: no model is loaded
+        seen.append(kw["backend"])
+        raise FileNotFoundError("stopped here")
+
+    monkeypatch.setattr(Run, "create", create)
+    result = CliRunner().invoke(app, ["run", str(TOWN3), "--deterministic", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "stopped here" in result.output
+    assert seen[0].kind == "engine" and seen[0].settings == {"deterministic": True}
 
 
 def test_a_log_file_gets_one_progress_line_per_simulated_hour(tmp_path, capsys) -> None:
