@@ -9,36 +9,16 @@ Prints a markdown table (with the CPU and the date) and writes it to bench/out/d
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
-import time
 from pathlib import Path
 
-from engine import random_prompts, rates  # bench/engine.py
+from engine import ours_batched  # bench/engine.py
 from machine import describe  # bench/machine.py: scripts run with bench/ on sys.path
 
 from simulacra.inference import kernels
-from simulacra.inference.engine import Engine, EngineConfig
-from simulacra.inference.loader import LoadedModel, load_model
+from simulacra.inference.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def measure(lm: LoadedModel, b: int, npp: int, ntg: int, repeats: int, deterministic: bool) -> dict:
-    prompts = random_prompts(b, npp, lm.model.cfg.vocab_size, seed=b)
-
-    async def once(new_tokens: int) -> float:
-        config = EngineConfig(
-            kv_cache_gb=2.0, max_batched_tokens=4096, max_num_seqs=max(b, 1), deterministic=deterministic
-        )
-        engine = Engine(lm, config)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(engine.generate(p, max_tokens=new_tokens, ignore_eos=True) for p in prompts))
-        seconds = time.perf_counter() - t0
-        await engine.aclose()
-        return seconds
-
-    return rates(b, npp, ntg, lambda n: asyncio.run(once(n)), repeats)
 
 
 def main() -> None:
@@ -52,8 +32,8 @@ def main() -> None:
     args = ap.parse_args()
     kernels.settings.tile = args.tile
     lm = load_model()
-    measure(lm, 2, 32, 4, 1, True)  # warm up (numba kernels, oneDNN)
-    measure(lm, 2, 32, 4, 1, False)
+    ours_batched(lm, 2, 32, 4, 1, True)  # warm up (numba kernels, oneDNN)
+    ours_batched(lm, 2, 32, 4, 1, False)
     lines = [
         f"Deterministic mode cost, {datetime.date.today()}, {describe()}, {lm.info.path.name} "
         f"({lm.model.dtype}), prompts of {args.npp} tokens, {args.ntg} new tokens, best of {args.repeats}, "
@@ -64,8 +44,8 @@ def main() -> None:
     ]
     print("\n".join(lines), flush=True)
     for b in args.batches:
-        off = measure(lm, b, args.npp, args.ntg, args.repeats, False)
-        on = measure(lm, b, args.npp, args.ntg, args.repeats, True)
+        off = ours_batched(lm, b, args.npp, args.ntg, args.repeats, False)
+        on = ours_batched(lm, b, args.npp, args.ntg, args.repeats, True)
         line = (
             f"| {b} | {off['prefill_tok_s']:.0f} | {on['prefill_tok_s']:.0f} | "
             f"{on['prefill_tok_s'] / off['prefill_tok_s']:.2f} | {off['decode_tok_s']:.1f} | "

@@ -52,11 +52,14 @@ def rates(b: int, npp: int, ntg: int, run, repeats: int) -> dict:
     }
 
 
-def ours_batched(lm: LoadedModel, b: int, npp: int, ntg: int, repeats: int) -> dict:
+def ours_batched(lm: LoadedModel, b: int, npp: int, ntg: int, repeats: int, deterministic: bool = False) -> dict:
     prompts = random_prompts(b, npp, lm.model.cfg.vocab_size, seed=b)
 
     async def once(new_tokens: int) -> float:
-        engine = Engine(lm, EngineConfig(kv_cache_gb=3.0, max_batched_tokens=4096, max_num_seqs=max(b, 1)))
+        config = EngineConfig(
+            kv_cache_gb=3.0, max_batched_tokens=4096, max_num_seqs=max(b, 1), deterministic=deterministic
+        )
+        engine = Engine(lm, config)
         t0 = time.perf_counter()
         await asyncio.gather(*(engine.generate(p, max_tokens=new_tokens, ignore_eos=True) for p in prompts))
         seconds = time.perf_counter() - t0

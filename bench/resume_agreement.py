@@ -1,12 +1,14 @@
 """How far a killed-and-resumed run on the local engine agrees with an uninterrupted one.
 
-    python bench/resume_agreement.py [--scenario town3] [--hours 1] [--kill-at 3] [--seed 5]
+    python bench/resume_agreement.py [--scenario town3] [--hours 1] [--kill-at 3] [--seed 5] [--deterministic]
 
 Runs the scenario twice with `simulacra run` on the packaged model: once straight through, once
 SIGKILLed after step `--kill-at` is committed and then `simulacra resume`d. With the replay backend
 the two event logs are identical (tests/simulacra/test_run.py); with the engine, sampling is seeded
 per call, so they differ only where the engine's output depends on what else shared the batch (the
-resumed step's batch is not the killed one's). Prints per-step agreement and the first divergence.
+resumed step's batch is not the killed one's, and its prefixes come cold). `--deterministic` runs the
+engine's batch-invariant mode, where they must not differ at all. Prints per-step agreement and the
+first divergence.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def steps_done(run_dir: Path) -> int:
         return 0
 
 
-def main(scenario: str, hours: float, kill_at: int, seed: int, out: Path) -> dict:
-    args = ["run", scenario, "--hours", str(hours), "--seed", str(seed)]
+def main(scenario: str, hours: float, kill_at: int, seed: int, out: Path, deterministic: bool = False) -> dict:
+    args = ["run", scenario, "--hours", str(hours), "--seed", str(seed), *(["--deterministic"] * deterministic)]
     subprocess.run([*CLI, *args, "--out", str(out / "straight")], env=ENV, check=True, capture_output=True)
     straight = newest(out / "straight")
 
@@ -83,5 +85,6 @@ if __name__ == "__main__":
     ap.add_argument("--kill-at", type=int, default=3)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("runs/resume-agreement"))
+    ap.add_argument("--deterministic", action="store_true", help="the engine's batch-invariant mode")
     a = ap.parse_args()
-    print(json.dumps(main(a.scenario, a.hours, a.kill_at, a.seed, a.out), indent=1))
+    print(json.dumps(main(a.scenario, a.hours, a.kill_at, a.seed, a.out, a.deterministic), indent=1))
