@@ -23,6 +23,7 @@ from simulacra.inference.engine.scheduler import Scheduler
 from simulacra.inference.engine.sequence import Sequence
 from simulacra.inference.model import Linear, Transformer
 from simulacra.inference.port import SamplingParams
+from tests.inference.tiny_models import spread_init
 
 # ---------------------------------------------------------------- the pieces, on tiny random weights
 
@@ -63,12 +64,7 @@ def tiny_model(moe: bool, dtype: torch.dtype) -> Transformer:
     cfg = ModelConfig("llama", 96, 64, 2, 4, 2, 16, 96, max_position=512, **extra)
     torch.manual_seed(1)
     model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+    spread_init(model)
     return model.to(dtype).eval()
 
 

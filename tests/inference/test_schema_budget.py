@@ -27,6 +27,7 @@ from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
 from simulacra.inference.model import Transformer
 from simulacra.inference.port import RequestError
 from tests.inference.test_structured import RAW_SCHEMA, Day, Place
+from tests.inference.tiny_models import spread_init
 
 MODEL = "tiny"
 
@@ -73,11 +74,7 @@ def tiny_lm() -> LoadedModel:
     )
     model = Transformer(cfg)
     model.tie_weights()
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # a wider spread than the default init, as tiny_models does: peaked, varied logits
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.2 * noise if "norm" in name else noise / p.shape[-1] ** 0.5)
+    spread_init(model, torch.Generator().manual_seed(7))
     params = sum(p.numel() for p in model.parameters())
     info = ModelInfo(path=Path("tiny-llama"), format="safetensors", config=cfg, quantization="F32", total_params=params)
     return LoadedModel(info, model.eval(), tok)

@@ -93,13 +93,17 @@ def build_reference(family: str, seed: int):
     cfg = AutoConfig.for_model(model_type, **COMMON, **spec)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    spread_init(model)
+    return model.eval()
+
+
+def spread_init(model: torch.nn.Module, generator: torch.Generator | None = None) -> None:
+    """A wider spread than the default init (norm weights near 1, others N(0, 1/fan_in)): random
+    models then give peaked, varied logits, so comparisons between paths are not all near-ties."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-    return model.eval()
+            noise = torch.randn(p.shape, generator=generator)
+            p.copy_(1.0 + 0.2 * noise if "norm" in name else noise / p.shape[-1] ** 0.5)
 
 
 def save_reference(model, folder: Path, max_shard_size: str | None = None) -> Path:
