@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.viewer.ws_clients
 
 from machine import describe  # noqa: E402 - bench/machine.py: scripts run with bench/ on sys.path
 
@@ -39,6 +40,7 @@ from simulacra.scenario import generate_scenario, load_scenario, packaged_scenar
 from simulacra.viewer.server import ViewerServer  # noqa: E402
 from simulacra.viewer.source import TownSource, run_town  # noqa: E402
 from simulacra.world import Resident  # noqa: E402
+from tests.viewer.ws_clients import stalled_client, start_clients  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INFERENCE_S = 0.05
@@ -54,20 +56,6 @@ async def interleaved_medians(
         for name in names if t % 2 == 0 else names[::-1]:
             times[name].append(await arms[name]())
     return {k: statistics.median(v) for k, v in times.items()}, times
-
-
-def stalled_client(port: int) -> socket.socket:
-    """A websocket client that completes the handshake and then never reads a byte."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    return s
 
 
 async def bench_stalled(residents: int, steps: int, trials: int) -> list[dict]:
@@ -132,12 +120,7 @@ async def bench_fifty(clients: int, steps: int, trials: int) -> dict:
         async with ViewerServer(src) as server:
             proc = None
             if with_clients:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "tests.viewer.ws_clients", server.ws_url, str(clients),
-                    cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                )  # fmt: skip
-                line = await asyncio.wait_for(proc.stdout.readline(), 60)
-                assert line.strip() == b"ready", line
+                proc = await start_clients(server.ws_url, clients)
             t0 = time.perf_counter()
             assert await run_town(src, steps, server=server) == steps
             elapsed = time.perf_counter() - t0

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 from simulacra.viewer.server import ViewerServer
 from simulacra.viewer.source import TownSource, run_town
 from simulacra.world import Resident
 from tests.viewer.conftest import town25
+from tests.viewer.ws_clients import start_clients
 
 CLIENTS = 50
 STEPS = 30
 INFERENCE_S = 0.05  # a fast engine's batch for 25 residents; real steps take 0.1 s to seconds
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class WaitingResident(Resident):
@@ -36,12 +34,7 @@ async def test_fifty_clients_get_every_delta_in_order_to_the_last_step():
     town = town25(resident_class=WaitingResident)
     src = TownSource(town)
     async with ViewerServer(src) as server:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.viewer.ws_clients", server.ws_url, str(CLIENTS),
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert line.strip() == b"ready", line
+        proc = await start_clients(server.ws_url, CLIENTS)
         start = server.seq
         assert await run_town(src, STEPS, server=server) == STEPS
         assert await server.flush(30)  # every client's queue went out

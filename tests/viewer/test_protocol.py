@@ -17,6 +17,7 @@ from simulacra.viewer.server import ViewerServer, serve_source
 from simulacra.viewer.source import TownSource, run_town
 from simulacra.viewer.web import Gate
 from tests.viewer.conftest import apply_delta, recv_json, recv_type, town3, town25, world_part
+from tests.viewer.ws_clients import stalled_client
 
 
 async def test_snapshot_then_deltas_reproduce_the_town_at_every_step():
@@ -244,20 +245,6 @@ async def test_client_that_falls_behind_gets_a_fresh_snapshot_not_a_backlog():
             assert msg["type"] == "delta" and msg["seq"] == first["seq"] + k
 
 
-def _stalled_client(port: int) -> socket.socket:
-    """A websocket client that completes the handshake and then never reads a byte."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    return s
-
-
 def _read_until_resync(sock: socket.socket, timeout: float = 10.0) -> list[dict]:
     """Read the stalled client's socket at last: its text frames (server frames are unmasked) up to and
     including the first ``resync`` snapshot. ``timeout`` only guards against a hang."""
@@ -303,7 +290,7 @@ async def test_a_client_that_never_reads_is_resynced_and_does_not_hold_up_the_ru
         town.step()
     src, steps = TownSource(town), 40
     async with ViewerServer(src, queue_size=8) as server:
-        sock = _stalled_client(server.port)
+        sock = stalled_client(server.port)
         while server.client_count < 1:
             await asyncio.sleep(0.01)
         (stalled,) = server._clients

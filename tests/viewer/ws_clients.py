@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
+from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +20,33 @@ from websockets.exceptions import ConnectionClosed
 # The server writes type, seq, then the frame, whose first key is its step: read just that much, so
 # fifty clients in one process keep up with the run on a small machine.
 HEAD = re.compile(rb'^\{"type":"(\w+)","seq":(\d+),.*?"frame":\{"step":(\d+)', re.S)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads a byte."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return s
+
+
+async def start_clients(url: str, n: int) -> asyncio.subprocess.Process:
+    """`n` reading clients of `url` in another process (this module's `main`), once all are connected."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.viewer.ws_clients", url, str(n), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert line.strip() == b"ready", line
+    return proc
 
 
 async def client(url: str, ready: asyncio.Event, counter: list[int], n: int) -> dict:
