@@ -8,6 +8,9 @@ The research API, for scripts and notebooks::
     sim.run(hours=1)
     sim.metrics()
 
+    fork = await Run.afork("runs/town3-…", at=30, interventions=[{"cancel_event": "party"}])
+    compare(["runs/town3-…", fork.dir]).table   # the runs' measurements side by side (pandas)
+
 Names are imported on first use (module ``__getattr__``), so ``import simulacra`` stays light and the
 command line starts without loading torch.
 """
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from simulacra.compare import compare
     from simulacra.run import Run, replay
     from simulacra.scenario import Scenario, load_scenario
     from simulacra.simulation import Simulation
@@ -32,9 +36,20 @@ _LAZY = {
     "sweep": "simulacra.sweeps",
     "Run": "simulacra.run",
     "replay": "simulacra.run",
+    "compare": "simulacra.compare",
 }
 
-__all__ = ["Run", "Scenario", "Simulation", "__version__", "generate_town", "load_scenario", "replay", "sweep"]
+__all__ = [
+    "Run",
+    "Scenario",
+    "Simulation",
+    "__version__",
+    "compare",
+    "generate_town",
+    "load_scenario",
+    "replay",
+    "sweep",
+]
 
 
 def generate_town(residents: int, seed: int = 0) -> Scenario:

@@ -25,11 +25,13 @@ class Backend:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def make_llm(backend: Backend) -> LLM:
+def make_llm(backend: Backend, after_step: int = -1) -> LLM:
+    """The LLM ``backend`` names; a replay answers from its source's calls after ``after_step`` (the step a
+    resumed or forked run continues from), so a request repeated from an earlier step gets its later answer."""
     if backend.kind == "engine":
         from simulacra.inference.engine import Engine, EngineConfig
 
         return Engine(backend.model or None, EngineConfig(**backend.settings))
     if backend.kind == "replay":
-        return ReplayLLM(RunStore(backend.source).calls())
+        return ReplayLLM(RunStore(backend.source).calls(after_step))
     raise RunError(f"this run used a {backend.kind!r} backend; pass the same LLM object to resume it")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from simulacra.commands import models, runs
+from simulacra.commands import experiments, models, runs
 from simulacra.commands.scenario import scenario_app
 
 app = typer.Typer(
@@ -25,6 +25,9 @@ for command in (
     runs.export,
     runs.view,
     runs.runs,
+    experiments.fork,
+    experiments.compare,
+    experiments.plot,
     models.models,
     models.generate,
     models.serve,

@@ -8,6 +8,13 @@ continues one from its last committed step, ``replay`` re-executes one from its 
 A process that writes a run holds its ``RunLock`` (``run.lock``) from ``create`` / ``arun`` until
 ``aclose``; a second one is told who holds it. ``continue_from`` continues a damaged run from its
 last good step in a new directory (``simulacra resume RUN --from-step N``).
+
+``afork`` (``simulacra fork``) makes a counterfactual: a new run whose steps up to the fork step are
+re-executed from the parent's recorded calls (so the state in memory is exactly the parent's, which a
+copy of the database cannot give: memories' last-retrieved times are not kept per step), checked to
+log the parent's events, then changed by interventions (``simulacra.interventions``) and continued.
+A fork's settings carry its lineage (each fork step and its interventions), so ``replay`` re-applies
+them at the same steps, and its first scenario is kept as ``scenario.origin.yaml``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -32,11 +39,25 @@ import simulacra
 from simulacra.agents import MindConfig, RetrievalWeights
 from simulacra.agents.society import TextEmbedder
 from simulacra.backend import Backend, make_llm
-from simulacra.inference.backends.recording import CallRecord, RecordingLLM
+from simulacra.inference.backends.recording import CallRecord, RecordingLLM, ReplayLLM, ReplayMissError
 from simulacra.inference.port import LLM
-from simulacra.scenario import load_scenario
+from simulacra.scenario import Scenario, dump_scenario, load_scenario
 from simulacra.simulation import Simulation, mind_config
-from simulacra.storage import RunError, RunLock, RunStore, StepData, damaged, fork_run, require_run_dir
+from simulacra.storage import (
+    RunError,
+    RunLock,
+    RunStore,
+    StepData,
+    damaged,
+    fork_run,
+    read_only,
+    require_run_dir,
+)
+
+if TYPE_CHECKING:
+    from simulacra.interventions import Intervention
+
+ORIGIN_NAME = "scenario.origin.yaml"  # a fork's first scenario (its scenario.yaml is the town after its edits)
 
 
 @dataclass
@@ -228,7 +249,7 @@ class Run:
                     store.dir, f"the saved state of step {last.step} (the last) does not parse ({exc})"
                 ) from exc
             backend = Backend(**settings["backend"])
-            llm = llm or make_llm(backend)
+            llm = llm or make_llm(backend, after_step=last.step)
             config = _config_from_json(settings["mind"])
             records: list[CallRecord] = []
             sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=info.seed, config=config)
@@ -278,6 +299,145 @@ class Run:
             raise
         lock.release()
         return cls.open(dest, llm=llm, embedder=embedder, lock=True)
+
+    @classmethod
+    async def afork(
+        cls,
+        run_dir: str | Path,
+        at: int | datetime | str,
+        interventions: list[Intervention | dict] = (),  # type: ignore[assignment]
+        out: str | Path | None = None,
+        *,
+        llm: LLM | None = None,
+        embedder: TextEmbedder | None = None,
+    ) -> Run:
+        """A counterfactual of ``run_dir`` from step (or simulated time) ``at``: a new run directory (``out``,
+        default ``RUN-fork-N``) whose steps up to ``at`` are the parent's, re-executed from its recorded calls,
+        then changed by ``interventions`` and left open, locked, to continue (``arun``). The parent is only
+        read, through a temporary copy. Everything is validated before the directory is made, and a fork that
+        fails half-way is removed. ``llm``: the backend to continue with (default: the parent's, rebuilt)."""
+        from simulacra import interventions as iv
+
+        src = Path(run_dir)
+        with read_only(src) as parent:
+            info = parent.info()
+            settings = json.loads(info.settings)
+            origin = load_scenario(_origin_path(src))
+            step = _fork_step(at, origin, info.steps_done, src)
+            calls, events = parent.calls(up_to=step), [e for e in parent.events() if e["step"] <= step]
+        lineage = _lineage(settings)
+        forks = [f for f in lineage["forks"] if f["step"] <= step]
+        parsed = [
+            x if isinstance(x, iv.Intervention) else iv.parse_one(x, "interventions", loc=(i,))
+            for i, x in enumerate(interventions)
+        ]
+        iv.check(parsed, iv.scenario_at(origin, forks), step)
+        dest = Path(out) if out else _free_path(src.with_name(f"{src.name}-fork-{step}"))
+        if dest.exists() and any(dest.iterdir()):
+            raise RunError(f"{dest} already exists and is not empty; choose another directory with --out")
+        backend, llm = _continuation(settings, parsed, llm, step)
+        try:
+            run = cls.create(
+                _origin_path(src),
+                seed=info.seed,
+                hours=origin.clock.hours_of(info.steps_target),
+                llm=ReplayLLM(calls),
+                embedder=embedder,
+                config=_config_from_json(lineage["origin_mind"]),
+                run_dir=dest,
+            )
+        except BaseException:
+            await llm.aclose()
+            raise
+        try:
+            try:
+                await run._advance(forks, step)
+            except ReplayMissError as exc:
+                raise RunError(
+                    f"{src}: its steps up to {step} cannot be re-executed from its recorded calls ({exc}); was it "
+                    "made with another embedder (the command line uses the packaged one) or an older simulacra?"
+                ) from exc
+            _same_events(events, run.store.events(), src, step)
+            await run._intervene(parsed, {"parent": str(src), "step": step})
+            await run._use_llm(llm, backend)
+            run._write_meta(fork={"parent": str(src), "step": step, "interventions": [i.to_json() for i in parsed]})
+            run.store.set_status("paused", f"forked from {src} at step {step}")
+        except BaseException:
+            await llm.aclose()
+            await run.aclose()
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return run
+
+    @classmethod
+    def fork(cls, run_dir: str | Path, at: int | datetime | str, interventions: list = (), **kw: Any) -> Run:  # type: ignore[assignment]
+        """``afork`` for scripts without a running event loop."""
+        return asyncio.run(cls.afork(run_dir, at, interventions, **kw))
+
+    async def _advance(self, forks: list[dict], until: int) -> None:
+        """Step to ``until``, applying each lineage fork's interventions at its step (a fork's or replay's past)."""
+        from simulacra.interventions import parse_interventions
+
+        for f in sorted(forks, key=lambda f: f["step"]):
+            await self.arun(steps=f["step"] - self.sim.town.steps)
+            await self._intervene(parse_interventions(f["interventions"], f"the fork of {f['parent']}"), f)
+        await self.arun(steps=until - self.sim.town.steps)
+
+    async def _intervene(self, interventions: list[Intervention], note: dict) -> None:
+        """Apply interventions at the last saved step and save that step again as the changed town; record
+        them in the lineage, and the edited scenario and mind settings for ``resume``."""
+        from simulacra.interventions import apply, new_model
+
+        before = self.sim.scenario
+        self.sim, events = apply(self.sim, interventions)
+        sim = self.sim
+        data = StepData(
+            step=sim.town.steps,
+            sim_time=sim.town.now,
+            wall_s=0.0,
+            frame=sim.frame(_frame_stats(self.llm.stats() if hasattr(self.llm, "stats") else {})),
+            state=sim.state_dict(),
+            events=events,
+            calls=[],
+            metrics=sim.step_metrics(),
+        )
+        self.store.rewrite_last_step(data, sim.society.memories)
+        settings = json.loads(self.store.info().settings)
+        lineage = _lineage(settings)
+        lineage["forks"].append(
+            {"parent": note["parent"], "step": note["step"], "interventions": [i.to_json() for i in interventions]}
+        )
+        settings.update(lineage=lineage, mind=_config_json(sim.society.config))
+        model = new_model(interventions)
+        if model:
+            settings["backend"]["model"] = model
+        self.store.set_settings(settings)
+        if sim.scenario is not before:
+            self._write_scenario(sim.scenario)
+        self._write_meta(lineage=lineage["forks"], mind=settings["mind"], backend=settings["backend"])
+
+    def _write_scenario(self, scenario: Scenario) -> None:
+        if not (self.dir / ORIGIN_NAME).exists():
+            shutil.copyfile(self.dir / "scenario.yaml", self.dir / ORIGIN_NAME)
+        dump_scenario(scenario.definition.model_dump(mode="json"), self.dir / "scenario.yaml")
+
+    async def _use_llm(self, llm: LLM, backend: Backend) -> None:
+        """Continue with ``llm`` (after a fork's replayed steps), recorded as the run's backend for ``resume``."""
+        old, self.llm = self.llm, llm
+        self.sim.llm.inner = llm  # type: ignore[attr-defined]  # the RecordingLLM every mind calls
+        await old.aclose()
+        settings = json.loads(self.store.info().settings)
+        settings.update(backend=asdict(backend), engine=_engine_settings(llm))
+        self.store.set_settings(settings)
+        self._write_meta(backend=settings["backend"], engine=settings["engine"], model=_model_path(llm, backend))
+
+    def _write_meta(self, **fields: Any) -> None:
+        path = self.dir / "meta.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        path.write_text(json.dumps({**meta, **fields}, indent=1, default=str))
 
     def _commit(self, wall_s: float) -> None:
         sim = self.sim
@@ -466,6 +626,70 @@ def _config_from_json(d: dict[str, Any]) -> MindConfig:
     return MindConfig(**{**d, "retrieval": RetrievalWeights(**d["retrieval"])})
 
 
+def _origin_path(run_dir: Path) -> Path:
+    """The scenario a run's step 0 was built from (a fork's ``scenario.yaml`` is its town after the edits)."""
+    origin = Path(run_dir) / ORIGIN_NAME
+    return origin if origin.exists() else Path(run_dir) / "scenario.yaml"
+
+
+def _lineage(settings: dict) -> dict:
+    """The run's first mind settings and its forks (step, parent, interventions), oldest first."""
+    lineage = settings.get("lineage") or {"origin_mind": settings["mind"], "forks": []}
+    return {"origin_mind": lineage["origin_mind"], "forks": list(lineage["forks"])}
+
+
+def _fork_step(at: int | datetime | str, scenario: Scenario, steps_done: int, src: Path) -> int:
+    """A step number, or the first step at or after a simulated time (``2025-04-10 12:00``)."""
+    clock = scenario.clock
+    if isinstance(at, str) and not at.strip().isdigit():
+        try:
+            at = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise RunError(
+                f"--at {at!r}: not a step or a simulated time; write a step number or e.g. "
+                f"'{clock.at(steps_done):%Y-%m-%d %H:%M}'"
+            ) from None
+    step = clock.step_of(at) if isinstance(at, datetime) else int(at)
+    if not 0 <= step <= steps_done:
+        raise RunError(
+            f"--at {at}: {src} has steps 0-{steps_done} ({clock.at(0):%a %Y-%m-%d %H:%M} to "
+            f"{clock.at(steps_done):%a %H:%M}); fork it at one of those"
+        )
+    return step
+
+
+def _continuation(settings: dict, interventions: list[Intervention], llm: LLM | None, step: int) -> tuple[Backend, LLM]:
+    """The backend a fork goes on with after ``step``: ``llm`` if given, else the parent's (with a new model)."""
+    from simulacra.interventions import new_model
+
+    if llm is not None:
+        return Backend("custom"), llm
+    backend = Backend(**settings["backend"])
+    model = new_model(interventions)
+    if model:
+        if backend.kind != "engine":
+            raise RunError(
+                f"the run used a {backend.kind!r} backend, so `set: {{model: ...}}` cannot take effect; fork an "
+                "engine run, or pass the LLM to continue with (Run.afork(..., llm=...))"
+            )
+        backend = replace(backend, model=model)
+    return backend, make_llm(backend, after_step=step)
+
+
+def _same_events(parent: list[dict], again: list[dict], src: Path, step: int) -> None:
+    """RunError unless the re-executed steps logged the parent's events (then the state is the parent's)."""
+    n = next((i for i, (a, b) in enumerate(zip(parent, again, strict=False)) if a != b), None)
+    if n is None and len(parent) == len(again):
+        return
+    n = min(len(parent), len(again)) if n is None else n
+    where = (parent[n:] or again[n:])[0]["step"]
+    raise RunError(
+        f"{src}: its steps up to {step} do not re-execute to the same events (first difference at step {where}: "
+        f"{(parent[n : n + 1] or ['nothing'])[0]} vs {(again[n : n + 1] or ['nothing'])[0]}); was it made with another "
+        "embedder or an older simulacra? `simulacra replay` it to see, or fork it at an earlier step"
+    )
+
+
 async def replay(
     run_dir: str | Path, out: str | Path | None = None, embedder: TextEmbedder | None = None
 ) -> ReplayReport:
@@ -475,18 +699,19 @@ async def replay(
     original = source.events()
     target = info.steps_done
     dest = Path(out) if out else Path(run_dir) / f"replay-{datetime.now():%Y%m%d-%H%M%S}"
-    settings = json.loads(info.settings)
+    lineage = _lineage(json.loads(info.settings))
+    origin = _origin_path(Path(run_dir))
     run = Run.create(
-        Path(run_dir) / "scenario.yaml",
+        origin,
         seed=info.seed,
-        hours=load_scenario(Path(run_dir) / "scenario.yaml").clock.hours_of(target),
+        hours=load_scenario(origin).clock.hours_of(target),
         backend=Backend("replay", source=str(run_dir)),
         embedder=embedder,
-        config=_config_from_json(settings["mind"]),
+        config=_config_from_json(lineage["origin_mind"]),
         run_dir=dest,
     )
     try:
-        await run.arun()
+        await run._advance(lineage["forks"], target)  # a fork's interventions again at their steps
     finally:
         await run.aclose()
     again = RunStore(dest).events()

@@ -422,6 +422,40 @@ class RunStore:
             s.add(row)
             s.commit()
 
+    def rewrite_last_step(self, data: StepData, memories: MemoryStore) -> None:
+        """Replace the last step's frame, state and metrics and add events and memories, in one transaction.
+
+        For an intervention at a fork: the step's saved state becomes the town after the intervention, so
+        ``resume`` continues from it. ``data.calls`` are not written (an intervention makes no calls)."""
+        with Session(self.engine) as s:
+            row = s.get(StepRow, data.step)
+            last = s.exec(select(func.max(StepRow.step))).one()
+            if row is None or data.step != last:
+                raise RunError(
+                    f"{self.path}: step {data.step} is not the last saved step ({last}); nothing was written"
+                )
+            row.frame = json.dumps(data.frame, ensure_ascii=False)
+            row.state = json.dumps(data.state, ensure_ascii=False)
+            s.add(row)
+            for e in data.events:
+                payload = {k: v for k, v in e.items() if k not in ("step", "kind", "resident")}
+                s.add(EventRow(step=data.step, kind=e["kind"], resident=e.get("resident"), data=json.dumps(payload)))
+            for old in s.exec(select(MetricRow).where(MetricRow.step == data.step)).all():
+                s.delete(old)
+            s.flush()
+            for name, value in data.metrics.items():
+                s.add(MetricRow(step=data.step, name=name, value=float(value)))
+            memories.flush(s)
+            s.commit()
+
+    def set_settings(self, settings: dict) -> None:
+        """Replace the run's settings (a fork's backend, mind config and lineage after its interventions)."""
+        with Session(self.engine) as s:
+            row = s.exec(select(RunRow)).one()
+            row.settings, row.updated_at = json.dumps(settings), _now()
+            s.add(row)
+            s.commit()
+
     def last_step(self) -> StepRow | None:
         with self._reading("the last step"), Session(self.engine) as s:
             return s.exec(select(StepRow).order_by(col(StepRow.step).desc())).first()
@@ -446,9 +480,13 @@ class RunStore:
             rows = s.exec(select(EventRow).where(EventRow.step > since_step).order_by(col(EventRow.id))).all()
         return [{"step": r.step, "kind": r.kind, "resident": r.resident, **json.loads(r.data)} for r in rows]
 
-    def calls(self) -> list[CallRecord]:
+    def calls(self, after_step: int = -1, up_to: int | None = None) -> list[CallRecord]:
+        """The recorded calls of steps ``after_step`` + 1 .. ``up_to`` (all by default), in recorded order."""
+        query = select(CallRow).where(CallRow.step > after_step)
+        if up_to is not None:
+            query = query.where(CallRow.step <= up_to)
         with self._reading("the recorded LLM calls"), Session(self.engine) as s:
-            rows = s.exec(select(CallRow).order_by(col(CallRow.id))).all()
+            rows = s.exec(query.order_by(col(CallRow.id))).all()
         return [CallRecord.model_validate_json(r.record) for r in rows]
 
     def metrics(self) -> dict[str, list[tuple[int, float]]]:
@@ -667,6 +705,26 @@ def recovery_hint(run_dir: str | Path) -> str:
     )
 
 
+@contextmanager
+def read_only(run_dir: str | Path) -> Iterator[RunStore]:
+    """A ``RunStore`` over a temporary copy of a run's database, so reading it never touches the run's files
+    (not even SQLite's ``-wal`` / ``-shm``): what a fork or a comparison reads its parents through."""
+    src = Path(run_dir)
+    require_run_dir(src)
+    tmp = Path(tempfile.mkdtemp(prefix="simulacra-read-"))
+    store: RunStore | None = None
+    try:
+        for name in (DB_NAME, DB_NAME + "-wal"):
+            if (src / name).exists():
+                shutil.copyfile(src / name, tmp / name)
+        store = RunStore(tmp)
+        yield store
+    finally:
+        if store is not None:
+            store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fork_run(src_dir: str | Path, dest_dir: str | Path, step: int) -> Path:
     """Copy a run's steps 0..``step`` (read from a temporary copy: the source is never written) into a new run
     directory, to be resumed from there. Memories made after ``step`` are left out; the memories kept carry
@@ -745,6 +803,7 @@ __all__ = [
     "fork_run",
     "last_good_step",
     "list_runs",
+    "read_only",
     "recovery_hint",
     "require_run_dir",
     "salvage_copy",

@@ -1,6 +1,7 @@
 """The command line's commands, by what they work on; ``simulacra.cli`` puts them on the one ``app``.
 
 - ``runs``: ``run``, ``resume``, ``replay``, ``measure``, ``interview``, ``export``, ``view``, ``runs``
+- ``experiments``: ``fork``, ``compare``, ``plot`` (counterfactuals, docs/EXPERIMENTS.md)
 - ``models``: ``models``, ``generate``, ``serve`` (the inference engine on its own)
 - ``scenario``: the ``scenario`` group, ``scenario generate`` / ``check``
 

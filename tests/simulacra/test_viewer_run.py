@@ -11,7 +11,7 @@ from simulacra.viewer_run import start_viewer
 
 from ..agents.fakes import WordEmbedder, by_kind
 from ..viewer.conftest import apply_delta, recv_type
-from .test_run import chatty_answers
+from .test_run import chatty, chatty_answers
 
 
 async def test_live_run_streams_and_answers(tmp_path) -> None:
@@ -66,3 +66,33 @@ async def test_live_run_streams_and_answers(tmp_path) -> None:
     finally:
         await server.close()
         await again.aclose()
+
+
+async def test_a_forks_snapshot_carries_its_lineage_and_metric_curves(tmp_path) -> None:
+    parent = Run.create("scenarios/town3.yaml", out=tmp_path, hours=1, llm=chatty(), embedder=WordEmbedder())
+    await parent.arun(steps=4)
+    await parent.aclose()
+    run = await Run.afork(
+        parent.dir, 2, [{"cancel_event": "party"}], tmp_path / "fork", llm=chatty(), embedder=WordEmbedder()
+    )
+    server = await start_viewer(run)
+    try:
+        async with connect(server.ws_url) as ws:
+            info = (await recv_type(ws, "snapshot"))["frame"]["run"]
+            assert info["name"] == "fork"
+            assert [(f["parent"], f["step"], f["interventions"]) for f in info["lineage"]] == [
+                (str(parent.dir), 2, ["cancel_event party"])
+            ]
+            assert [p[0] for p in info["metrics"]["known.party"]] == [0, 1, 2]
+            assert "llm.prompt_tokens" not in info["metrics"]
+
+            def on_step(p) -> None:
+                server.source.record()
+                server.publish(p.step)
+
+            await run.arun(steps=1, on_step=on_step)
+            metrics = (await recv_type(ws, "delta"))["frame"]["metrics"]
+            assert metrics["step"] == 3 and metrics["values"]["known.party"] >= 1
+    finally:
+        await server.close()
+        await run.aclose()

@@ -204,6 +204,56 @@ async def test_page_renders_speech_conversations_social_and_controls(artifacts):
             await browser.close()
 
 
+@pytest.mark.slow
+async def test_page_shows_a_forks_lineage_and_metric_curves(artifacts, tmp_path):
+    """A fork's page: its parent and fork step on the timeline, and the run's metric curves, growing live."""
+    from simulacra.run import Run
+    from simulacra.viewer_run import start_viewer
+    from tests.agents.fakes import WordEmbedder
+    from tests.simulacra.test_run import chatty
+
+    exe = chromium()
+    parent = Run.create("scenarios/town3.yaml", out=tmp_path, seed=7, hours=2, llm=chatty(), embedder=WordEmbedder())
+    await parent.arun(steps=6)
+    await parent.aclose()
+    told = [{"tell": {"to": "Ada Quill", "memory": "Cora hosts a tasting.", "fact": "party"}}]
+    run = await Run.afork(parent.dir, 4, told, tmp_path / "fork", llm=chatty(), embedder=WordEmbedder())
+    await run.arun(steps=2)
+    server = await start_viewer(run)
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 820})
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.url)
+                await wait_shown(page, 6)
+                lineage = await page.evaluate("() => window.viewer.lineage()")
+                assert [(f["step"], f["interventions"]) for f in lineage] == [(4, ["tell Ada Quill"])]
+                assert f"forked from {parent.dir.name} at step 4" in await page.text_content("#lineage")
+                assert float((await page.evaluate("() => window.viewer.forkMark()"))[:-1]) == pytest.approx(100 * 4 / 6)
+                curves = await page.evaluate("() => window.viewer.curves()")
+                assert curves["known.party"] == 7 and {"density", "conversations", "llm.calls"} <= set(curves)
+                assert await page.locator("#curves svg polyline").count() == len(curves)
+
+                def on_step(p) -> None:
+                    server.source.record()
+                    server.publish(p.step)
+
+                await run.arun(steps=2, on_step=on_step)  # live deltas add points to the curves
+                await wait_shown(page, 8)
+                assert (await page.evaluate("() => window.viewer.curves()"))["known.party"] == 9
+                assert float((await page.evaluate("() => window.viewer.forkMark()"))[:-1]) == pytest.approx(50)
+                await page.screenshot(path=str(artifacts / "viewer-fork.png"))
+                assert errors == []
+            finally:
+                await browser.close()
+    finally:
+        await server.close()
+        await run.aclose()
+
+
 def test_docs_screenshots_are_small_pngs():
     """The screenshots in docs/ exist and stay small (bench/screenshots.py regenerates them)."""
     for name in ("viewer-live.png", "viewer-inspector.png"):

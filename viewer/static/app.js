@@ -11,7 +11,7 @@ const state = {
   tile: 12, scrubbing: false, selected: null, control: null, nextId: 1,
   anim: new Map(), // name -> {fx, fy, tx, ty, t0, dur}  (tile coordinates)
   lastDeltaAt: 0, stepInterval: 400, socialRef: null, convosRef: null, pendingStep: null,
-  detailsAt: 0,
+  detailsAt: 0, run: null, curvesShown: null,
 };
 
 // ---- connection -----------------------------------------------------------------------------------
@@ -63,6 +63,7 @@ function onSnapshot(msg) {
   state.live = { ...frame, map: state.map };
   state.firstStep = frame.first_step ?? frame.step;
   if (msg.control !== undefined) setControl(msg.control);
+  if (frame.run) setRun(frame.run);
   updateTimeline();
   if (!state.scrubbing) show(state.live, 0);
 }
@@ -77,6 +78,7 @@ function onDelta(msg) {
   if (state.lastDeltaAt) state.stepInterval = Math.min(1000, Math.max(60, 0.7 * state.stepInterval + 0.3 * (now - state.lastDeltaAt)));
   state.lastDeltaAt = now;
   state.live = applyDelta(state.live, msg.frame);
+  if (msg.frame.metrics) addMetrics(msg.frame.metrics);
   updateTimeline();
   if (!state.scrubbing) show(state.live, state.stepInterval);
 }
@@ -180,6 +182,7 @@ function show(frame, duration) {
   renderStats(frame);
   renderSocial(frame.social);
   renderConvos(frame.conversations);
+  if (state.scrubbing || state.curvesShown !== null) { state.curvesShown = state.scrubbing ? frame.step : null; renderCurves(); }
   const sel = state.selected && frame.residents.find((r) => r.name === state.selected);
   if (sel) {
     $("ins-now").textContent = `${sel.emoji || ""} ${sel.activity || "—"} · ${sel.place}`;
@@ -268,6 +271,69 @@ function updateTimeline() {
   tl.max = state.live.step;
   if (!state.scrubbing) { tl.value = state.live.step; $("timeline-label").textContent = `live · step ${state.live.step}`; }
   $("controls").classList.toggle("hidden", state.scrubbing || !state.control);
+  placeForkMark();
+}
+
+// ---- the run panel: lineage (where this run was forked) and its metric curves ------------------------
+
+function setRun(run) {
+  state.run = { name: run.name, lineage: run.lineage || [], metrics: {} };
+  for (const [k, pts] of Object.entries(run.metrics || {})) state.run.metrics[k] = pts.map((p) => [p[0], p[1]]);
+  $("run-panel").classList.remove("hidden");
+  $("run-name").textContent = run.name;
+  const items = state.run.lineage.map((f) => {
+    const what = f.interventions.length ? f.interventions.join("; ") : "no intervention";
+    return el("li", `forked from ${f.parent.split("/").pop()} at step ${f.step} (${f.time.replace("T", " ").slice(0, 16)}): ${what}`);
+  });
+  $("lineage").replaceChildren(...(items.length ? items : [el("li", "an original run (not a fork)", "muted")]));
+  renderCurves();
+}
+
+function addMetrics(m) {
+  if (!state.run) return;
+  for (const [k, v] of Object.entries(m.values)) {
+    const pts = state.run.metrics[k] || (state.run.metrics[k] = []);
+    if (!pts.length || pts[pts.length - 1][0] < m.step) pts.push([m.step, v]);
+  }
+  renderCurves();
+}
+
+function forkStep() {
+  const forks = state.run ? state.run.lineage : [];
+  return forks.length ? forks[forks.length - 1].step : null;
+}
+
+function placeForkMark() {
+  const mark = $("fork-mark"), step = forkStep(), tl = $("timeline");
+  const lo = Number(tl.min), hi = Number(tl.max);
+  if (step === null || hi <= lo) { mark.classList.add("hidden"); return; }
+  mark.style.left = `${(100 * (step - lo)) / (hi - lo)}%`;
+  mark.title = `forked here (step ${step})`;
+  mark.classList.remove("hidden");
+}
+
+const CURVE_ORDER = ["known.", "present.", "density", "conversations", "llm.calls"];
+const curveRank = (k) => CURVE_ORDER.findIndex((p) => k.startsWith(p));
+
+function renderCurves() {
+  if (!state.run) return;
+  const names = Object.keys(state.run.metrics).sort((a, b) => curveRank(a) - curveRank(b) || a.localeCompare(b));
+  const last = state.live ? state.live.step : 0, fork = forkStep(), shown = state.scrubbing && state.shown ? state.shown.step : null;
+  const blocks = names.map((name) => {
+    const pts = state.run.metrics[name], W = 300, H = 40;
+    const ys = pts.map((p) => p[1]), lo = Math.min(0, ...ys), hi = Math.max(lo + 1e-9, ...ys);
+    const x = (s) => (W * s) / Math.max(1, last), y = (v) => H - 3 - ((H - 6) * (v - lo)) / (hi - lo);
+    const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", "data-metric": name });
+    if (fork !== null) svg.append(svgEl("line", { x1: x(fork), x2: x(fork), y1: 0, y2: H, stroke: "#c0392b", "stroke-dasharray": "3 2" }));
+    if (shown !== null) svg.append(svgEl("line", { x1: x(shown), x2: x(shown), y1: 0, y2: H, stroke: "#999" }));
+    svg.append(svgEl("polyline", { points: pts.map((p) => `${x(p[0])},${y(p[1])}`).join(" "), fill: "none", stroke: "#4a6fa5", "stroke-width": 1.5 }));
+    const div = el("div", undefined, "curve"), label = el("div", undefined, "label");
+    const v = ys.length ? ys[ys.length - 1] : null;
+    label.append(el("span", name), el("span", v === null ? "–" : Number.isInteger(v) ? String(v) : v.toFixed(3)));
+    div.append(label, svg);
+    return div;
+  });
+  $("curves").replaceChildren(...blocks);
 }
 
 let scrubTimer = null;
@@ -460,6 +526,9 @@ window.viewer = {
   liveStep: () => (state.live ? state.live.step : null),
   selected: () => state.selected,
   scrubTo(step) { $("timeline").value = step; onScrub(); },
+  lineage: () => (state.run ? state.run.lineage : null),
+  curves: () => (state.run ? Object.fromEntries(Object.entries(state.run.metrics).map(([k, v]) => [k, v.length])) : null),
+  forkMark: () => { const m = $("fork-mark"); return m.classList.contains("hidden") ? null : m.style.left; },
   goLive,
 };
 
