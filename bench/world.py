@@ -7,6 +7,8 @@ evening outings, home at night) through one simulated day at 10 minutes per step
   perception   every resident's view (vision radius, same area, attention bandwidth) for all at once
   decisions    the routine for everyone, and go_to for those who change destination (pathfinding)
   walking      every walker advances along its path
+  looking ahead  paths of the trips residents will probably make next, found in steps with search
+               budget left (so a rush finds its commutes cached)
   total        the whole Town.step()
 
 Prints a table and writes bench/out/world.json. Target: at most 50 ms per step at 10,000 residents.
@@ -27,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+from machine import describe  # noqa: E402
 
 from simulacra.scenario import generate_scenario, parse_scenario  # noqa: E402
 
@@ -42,13 +45,13 @@ def bench_size(n: int, steps: int, seed: int) -> dict:
     warm = scenario.build_town()  # compile / load the numba kernels outside the timed run
     for _ in range(3):
         warm.step()
-    rows = {"perception": [], "decisions": [], "walking": [], "total": []}
+    rows = {"perception": [], "decisions": [], "walking": [], "looking ahead": [], "total": []}
     moving = []
     for _ in range(steps):
         s0 = time.perf_counter()
         town.step()
         total = time.perf_counter() - s0
-        for k in ("perception", "decisions", "walking"):
+        for k in ("perception", "decisions", "walking", "looking ahead"):
             rows[k].append(town.timings[k] * 1e3)
         rows["total"].append(total * 1e3)
         moving.append(int(np.count_nonzero(town.cursor < town.path_len - 1)))
@@ -83,21 +86,23 @@ def main() -> None:
     args = ap.parse_args()
     results = [bench_size(n, args.steps, args.seed) for n in args.sizes]
     header = (
-        f"{'residents':>9} {'map':>9} {'steps/s':>8} {'perception':>11} {'decisions':>10} {'walking':>8} "
-        f"{'total':>8} {'p95':>7} {'max':>7}"
+        f"{'residents':>9} {'map':>9} {'build s':>8} {'steps/s':>8} {'perception':>11} {'decisions':>10} "
+        f"{'walking':>8} {'ahead':>6} {'total':>8} {'p95':>7} {'max':>7}"
     )
+    print(describe())
     print(f"world step, one simulated day ({args.steps} x 10 min), ms per step (mean unless noted)")
     print(header)
     for r in results:
         print(
-            f"{r['residents']:>9,} {r['map']:>9} {r['steps_per_s']:>8.0f} {r['perception']['mean_ms']:>11.2f} "
-            f"{r['decisions']['mean_ms']:>10.2f} {r['walking']['mean_ms']:>8.2f} {r['total']['mean_ms']:>8.2f} "
+            f"{r['residents']:>9,} {r['map']:>9} {r['build_town_s']:>8.2f} {r['steps_per_s']:>8.0f} "
+            f"{r['perception']['mean_ms']:>11.2f} {r['decisions']['mean_ms']:>10.2f} {r['walking']['mean_ms']:>8.2f} "
+            f"{r['looking ahead']['mean_ms']:>6.2f} {r['total']['mean_ms']:>8.2f} "
             f"{r['total']['p95_ms']:>7.2f} {r['total']['max_ms']:>7.2f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }

@@ -93,6 +93,8 @@ class Town(mesa.Model):
         max_steps: int | None = None,
         resident_class: type[Resident] = Resident,
         field_cache_mb: float = 64.0,
+        path_cache_mb: float = 64.0,
+        searches_per_step: int = 160,
     ) -> None:
         super().__init__(rng=rng if rng is not None else seed)
         self.map = town_map
@@ -102,7 +104,11 @@ class Town(mesa.Model):
         self.walk_speed = int(walk_speed)
         self.max_steps = max_steps
         self.datacollector: mesa.DataCollector | None = None
-        self.pathfinder = Pathfinder(town_map.walkable, town_map.width, field_cache_mb=field_cache_mb)
+        self.pathfinder = Pathfinder(
+            town_map.walkable, town_map.width, field_cache_mb=field_cache_mb, path_cache_mb=path_cache_mb
+        )
+        # A* searches a step may spend, its own first, then looking ahead (``Movement.expect``)
+        self.searches_per_step = int(searches_per_step)
         self._n_places = len(town_map.places)
         self._kind_codes = {k: i for i, k in enumerate(("home", "work", "venue", "outdoor"))}
         self._place_kind = np.array([self._kind_codes[p.kind] for p in town_map.places], np.int8)
@@ -127,6 +133,7 @@ class Town(mesa.Model):
         self.seen_d2 = np.full((n, self.attention_bandwidth), -1, np.int32)
         self.seen_count = np.zeros(n, np.int32)
         self.perceived_step = -1
+        self._searched_before = 0
         # seconds spent in the last step: perception, decisions (routine, go_to and pathfinding), walking
         self.timings: dict[str, float] = {}
 
@@ -140,6 +147,7 @@ class Town(mesa.Model):
         self._custom_think = any(type(r).think is not Resident.think for r in self.residents)
         self._place_initial(residents)
         self._new_day_if_needed()
+        self._warm_commutes()
 
     def _init_routine(self, residents: Sequence[ResidentSpec]) -> None:
         """The routine hints as arrays, one row per resident, and the day's (not yet drawn) outings."""
@@ -223,6 +231,12 @@ class Town(mesa.Model):
             self.activity[i] = "at home" if self.dest[i] >= 0 else "arriving in town"
             self.emoji[i] = EMOJI["home"] if self.dest[i] >= 0 else ""
 
+    def _warm_commutes(self) -> None:
+        """At build time, find every worker's path from home to work (the first morning's rush)."""
+        for i in np.flatnonzero(self.has_work & (self.dest == self.home_code)).tolist():
+            self.movement.expect(i, int(self.work_code[i]))
+        self.movement.prefetch_expected()
+
     def _put(self, i: int, t: int) -> None:
         """Stand resident i on tile t (no walking), holding it when free."""
         self.movement.put(i, t)
@@ -257,6 +271,7 @@ class Town(mesa.Model):
         """Resident i has reached its destination: its activity says so ("at home", "working at ...")."""
         code = int(self.dest[i])
         name = self.code_name(code)
+        self.movement.expect(i, int(self.work_code[i] if code == self.home_code[i] else self.home_code[i]))
         if code == self.home_code[i]:
             sleeping = self.asleep[i]
             self.activity[i] = "sleeping" if sleeping else "at home"
@@ -399,6 +414,7 @@ class Town(mesa.Model):
 
     def _begin_step(self) -> None:
         t0 = time.perf_counter()
+        self._searched_before = self.pathfinder.stats["astar"] + self.pathfinder.stats["prefetched"]
         self._new_day_if_needed()
         self._perceive()
         t1 = time.perf_counter()
@@ -412,6 +428,7 @@ class Town(mesa.Model):
             return
         codes = self.routine_code[todo]
         shared = self.movement.shared(codes)
+        self.movement.prefetch_requests(todo.tolist(), codes.tolist(), shared)
         for i, code in zip(todo.tolist(), codes.tolist(), strict=True):
             self._go_to_code(i, code, shared=bool(shared[code]))
 
@@ -429,6 +446,10 @@ class Town(mesa.Model):
                     raise TypeError(f"{r.name}.think returned {a!r}; expected GoTo, SetObjectState or SetActivity")
             plans.append((r, actions))
         shared = self.movement.shared(np.array(goto_codes, np.int64)) if goto_codes else None
+        if goto_codes:
+            sent = [(r.index, self._code(a.place)) for r, actions in plans for a in actions if isinstance(a, GoTo)]
+            firsts = dict(reversed(sent))  # a resident's first GoTo leaves from where it stands now
+            self.movement.prefetch_requests(list(firsts), list(firsts.values()), shared)
         for r, actions in plans:
             for a in actions:
                 if isinstance(a, GoTo):
@@ -446,10 +467,20 @@ class Town(mesa.Model):
         for i in arrived:
             self._arrived(i)
 
+    def _look_ahead(self, searched_before: int) -> None:
+        """Spend what is left of this step's search budget on expected trips (``Movement.expect``)."""
+        stats = self.pathfinder.stats
+        spent = stats["astar"] + stats["prefetched"] - searched_before
+        if spent < self.searches_per_step:
+            self.movement.prefetch_expected(self.searches_per_step - spent)
+
     def _end_step(self) -> None:
         t0 = time.perf_counter()
         self._move()
-        self.timings["walking"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._look_ahead(self._searched_before)
+        self.timings["walking"] = t1 - t0
+        self.timings["looking ahead"] = time.perf_counter() - t1
         self.density_history.append((self.steps, self.social.density()))
         if self.max_steps is not None and self.steps >= self.max_steps:
             self.running = False

@@ -17,11 +17,17 @@ resident i holds. A path ends on a free tile of its destination, which the walke
 in the order residents are sent, so two residents sent to one place never get the same tile. Walkers
 pass through everyone, so nobody waits and nothing can deadlock; a full place: newcomers share its
 entry tile.
+
+Looking ahead: a resident's next trip is usually known when it arrives (from work: home; at home:
+work), so ``expect`` queues it and ``prefetch_expected`` finds those paths into the pathfinder's
+cache in quiet steps, and ``prefetch_requests`` finds all of one step's A* paths in one batch. Both
+only move work between steps: a path is the same whether found ahead or in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import numpy as np
 
@@ -47,6 +53,7 @@ class Movement:
         self.reserved = np.full(town_map.walkable.size, -1, np.int32)
         self._pool = np.zeros(1 << 16, np.int32)
         self._pool_top = 0
+        self._expected: dict[int, int] = {}
 
     def checked_tile(self, x: int, y: int, who: str) -> int:
         """The flat index of ``(x, y)``; ``ValueError`` naming ``who`` if it is off the map or not walkable."""
@@ -105,6 +112,32 @@ class Movement:
             labels = self.map.area_of if place.depth == 0 else self.map.place_of
             return bool(labels[t] == code)
         return bool(np.any(self.map.objects[code - self.n_places].stand_tiles == t))
+
+    def expect(self, i: int, code: int) -> None:
+        """Resident i will probably walk to place ``code`` from where it stands now (a guess: only how
+        soon the path is found depends on it)."""
+        if 0 <= code < self.n_places:
+            self._expected.pop(i, None)
+            self._expected[i] = code
+
+    def prefetch_expected(self, limit: int | None = None) -> int:
+        """Find the paths of up to ``limit`` expected trips (oldest first; all when None) of residents
+        standing still; returns how many were searched."""
+        if self.pathfinder.shared_threshold <= 1:  # every trip then follows a distance field, never A*
+            self._expected.clear()
+            return 0
+        taken = list(islice(self._expected.items(), limit))
+        for i, _ in taken:
+            del self._expected[i]
+        still = [(i, c) for i, c in taken if self.cursor[i] >= self.path_len[i] - 1]
+        return self.pathfinder.prefetch([(c, int(self.tile[i]), self.map.places[c].tiles) for i, c in still])
+
+    def prefetch_requests(self, idx: Sequence[int], codes: Sequence[int], shared: np.ndarray) -> int:
+        """Find, in one batch, the A* paths that sending residents ``idx`` to ``codes`` (from where they
+        stand) will need; returns how many were searched."""
+        n = self.n_places
+        wanted = [(c, int(self.tile[i]), self.map.places[c].tiles) for i, c in zip(idx, codes, strict=True) if c < n]
+        return self.pathfinder.prefetch([w for w in wanted if not shared[w[0]]])
 
     def tiles_left(self, i: int) -> int:
         """How many tiles resident i still has to walk."""

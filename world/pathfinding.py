@@ -18,10 +18,14 @@ Two searches, chosen by how many residents want the same destination (see ``Path
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
+from numba.typed import List
 
 UNREACHABLE = -1
 
@@ -129,6 +133,7 @@ def astar(
     mark: int,
     pool_node: np.ndarray,
     pool_next: np.ndarray,
+    pool_g: np.ndarray,
 ) -> np.ndarray:
     """Shortest path from ``src`` to any tile of ``targets`` (sorted flat indices); empty if unreachable.
 
@@ -137,7 +142,8 @@ def astar(
     buckets (a cyclic bucket queue) replace a binary heap, each push and pop O(1), and LIFO expands
     the deepest of equal-f nodes first. ``g``/``parent``/``stamp`` are scratch arrays the size of the
     grid, reused between calls (entries count only where ``stamp == mark``); ``pool_*`` hold the
-    bucket entries as linked lists.
+    bucket entries as linked lists, with the g each entry was pushed with (an entry is stale when
+    ``g`` has dropped since: the same test as recomputing its f, without the heuristic).
 
     Long because it is one numba kernel whose search loop keeps the queue, the
     scratch arrays and the pool growth in local variables; split into helpers it would pass a dozen
@@ -159,6 +165,7 @@ def astar(
     top = 0
     pool_node[0] = src
     pool_next[0] = -1
+    pool_g[0] = 0
     heads[f % 3] = 0
     counts[f % 3] = 1
     top = 1
@@ -175,11 +182,11 @@ def astar(
         total -= 1
         t = pool_node[e]
         gt = g[t]
-        tx = t % width
-        ft = gt + _heuristic(tx, t // width, t, x0, y0, x1, y1, landmarks, lm_lo, lm_hi)
-        if ft != f:  # stale: t was reached more cheaply after this entry was made
+        if gt != pool_g[e]:  # stale: t was reached more cheaply after this entry was made
             continue
-        if _contains(targets, t):
+        tx = t % width
+        ty = t // width
+        if x0 <= tx <= x1 and y0 <= ty <= y1 and _contains(targets, t):
             found = t
             break
         for k in range(4):
@@ -196,13 +203,17 @@ def astar(
             if top >= pool_node.size:
                 grown_n = np.empty(pool_node.size * 2, np.int32)
                 grown_x = np.empty(pool_node.size * 2, np.int64)
+                grown_g = np.empty(pool_node.size * 2, np.int32)
                 grown_n[:top] = pool_node[:top]
                 grown_x[:top] = pool_next[:top]
+                grown_g[:top] = pool_g[:top]
                 pool_node = grown_n
                 pool_next = grown_x
+                pool_g = grown_g
             bu = fu % 3
             pool_node[top] = u
             pool_next[top] = heads[bu]
+            pool_g[top] = gu
             heads[bu] = top
             counts[bu] += 1
             top += 1
@@ -216,6 +227,39 @@ def astar(
         path[i] = t
         t = parent[t]
     return path
+
+
+@njit(cache=True, nogil=True)
+def astar_batch(
+    walkable: np.ndarray,
+    width: int,
+    srcs: np.ndarray,
+    t_start: np.ndarray,
+    t_flat: np.ndarray,
+    bboxes: np.ndarray,
+    landmarks: np.ndarray,
+    lm_lo: np.ndarray,
+    lm_hi: np.ndarray,
+) -> List:
+    """``astar`` for many requests with scratch arrays of its own: request j goes from ``srcs[j]`` to
+    ``t_flat[t_start[j]:t_start[j + 1]]``. Without the GIL, so two threads can each run a share."""
+    n = walkable.size
+    g = np.zeros(n, np.int32)
+    parent = np.zeros(n, np.int32)
+    stamp = np.zeros(n, np.int32)
+    pool_node = np.empty(1 << 14, np.int32)
+    pool_next = np.empty(1 << 14, np.int64)
+    pool_g = np.empty(1 << 14, np.int32)
+    out = List()
+    for j in range(srcs.size):
+        targets = t_flat[t_start[j] : t_start[j + 1]]
+        out.append(
+            astar(
+                walkable, width, srcs[j], targets, bboxes[j], landmarks, lm_lo[j], lm_hi[j],
+                g, parent, stamp, j + 1, pool_node, pool_next, pool_g,
+            )
+        )
+    return out
 
 
 @njit(cache=True)
@@ -307,9 +351,23 @@ class Pathfinder:
     (and caches, LRU bounded by bytes) the destination's field; ``shared=False`` runs A*. Both give
     shortest paths but may break ties differently, so the caller decides ``shared`` from the requests
     alone (never from what happens to be cached): the same state always yields the same paths.
+
+    An A* path is a pure function of (destination key, source tile), so ``path_to`` also keeps every
+    A* result in a byte-bounded LRU (``path_cache_mb``), and ``prefetch`` computes many at once, split
+    over ``threads`` threads (the kernel runs without the GIL). Residents repeat their trips (home →
+    work → home), so a commute is searched once and then reused; a miss costs what it always did.
     """
 
-    def __init__(self, walkable: np.ndarray, width: int, *, landmarks: int = 4, field_cache_mb: float = 64.0) -> None:
+    def __init__(
+        self,
+        walkable: np.ndarray,
+        width: int,
+        *,
+        landmarks: int = 4,
+        field_cache_mb: float = 64.0,
+        path_cache_mb: float = 64.0,
+        threads: int | None = None,
+    ) -> None:
         self.walkable = np.ascontiguousarray(walkable, dtype=np.bool_).ravel()
         self.width = int(width)
         n = self.walkable.size
@@ -321,10 +379,16 @@ class Pathfinder:
         self._mark = 0
         self._pool_node = np.empty(1 << 14, np.int32)
         self._pool_next = np.empty(1 << 14, np.int64)
+        self._pool_g = np.empty(1 << 14, np.int32)
         self._fields: OrderedDict[object, np.ndarray] = OrderedDict()
         self._bounds: dict[object, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.field_budget = int(field_cache_mb * 2**20)
-        self.stats = {"field_hits": 0, "fields_built": 0, "astar": 0, "descend": 0}
+        self._paths: OrderedDict[tuple[Hashable, int], np.ndarray] = OrderedDict()
+        self._paths_bytes = 0
+        self.path_budget = int(path_cache_mb * 2**20)
+        self.threads = max(1, min(2, os.cpu_count() or 1) if threads is None else int(threads))
+        self._executor: ThreadPoolExecutor | None = None
+        self.stats = {"field_hits": 0, "fields_built": 0, "astar": 0, "descend": 0, "path_hits": 0, "prefetched": 0}
 
     @property
     def shared_threshold(self) -> int:
@@ -367,11 +431,19 @@ class Pathfinder:
             self._bounds[key] = b
         return b
 
-    def path_to(self, key: object, src: int, targets: np.ndarray, *, shared: bool = False) -> np.ndarray:
-        """Shortest path from ``src`` to the nearest of ``targets`` (sorted), src first; empty if unreachable."""
+    def path_to(self, key: Hashable, src: int, targets: np.ndarray, *, shared: bool = False) -> np.ndarray:
+        """Shortest path from ``src`` to the nearest of ``targets`` (sorted), src first; empty if unreachable.
+
+        ``key`` must name ``targets`` (one key, one target set). The array may be the cached one: read only.
+        """
         if shared:
             self.stats["descend"] += 1
             return descend(self.field(key, targets), self.width, src)
+        path = self._paths.get((key, src))
+        if path is not None:
+            self._paths.move_to_end((key, src))
+            self.stats["path_hits"] += 1
+            return path
         self.stats["astar"] += 1
         bbox, lo, hi = self._target_bounds(key, targets)
         path = astar(
@@ -389,8 +461,60 @@ class Pathfinder:
             self._next_mark(),
             self._pool_node,
             self._pool_next,
+            self._pool_g,
         )
+        self._remember(key, src, path)
         return path
+
+    def _remember(self, key: Hashable, src: int, path: np.ndarray) -> None:
+        if self.path_budget <= 0:
+            return
+        path.flags.writeable = False
+        self._paths[(key, src)] = path
+        self._paths_bytes += path.nbytes + 64
+        while self._paths_bytes > self.path_budget and self._paths:
+            _, old = self._paths.popitem(last=False)
+            self._paths_bytes -= old.nbytes + 64
+
+    def prefetch(self, requests: Sequence[tuple[Hashable, int, np.ndarray]]) -> int:
+        """Find the A* paths of ``(key, src, targets)`` requests not yet cached, in one batch over
+        ``threads`` threads, so that ``path_to`` then finds them. Returns how many were searched.
+
+        Only speed depends on it: a path is the same whether prefetched, cached or searched in place.
+        """
+        todo: dict[tuple[Hashable, int], np.ndarray] = {}
+        for key, src, targets in requests:
+            if (key, src) not in self._paths:
+                todo.setdefault((key, int(src)), targets)
+        if not todo or self.path_budget <= 0:
+            return 0
+        items = list(todo.items())
+        parts = np.array_split(np.arange(len(items)), min(self.threads, len(items)))
+        chunks = [self._batch_args([items[j] for j in part]) for part in parts]
+        if len(chunks) == 1:
+            results = [astar_batch(*chunks[0])]
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="astar")
+            results = list(self._executor.map(lambda args: astar_batch(*args), chunks))
+        for part, paths in zip(parts, results, strict=True):
+            for j, path in zip(part.tolist(), paths, strict=True):
+                (key, src), _ = items[j]
+                self._remember(key, src, path)
+        self.stats["prefetched"] += len(items)
+        return len(items)
+
+    def _batch_args(self, items: list[tuple[tuple[Hashable, int], np.ndarray]]) -> tuple:
+        """``astar_batch``'s arguments for ``((key, src), targets)`` items."""
+        bounds = [self._target_bounds(key, targets) for (key, _), targets in items]
+        sizes = [targets.size for _, targets in items]
+        t_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        t_flat = np.concatenate([targets for _, targets in items]).astype(np.int32)
+        srcs = np.array([src for (_, src), _ in items], np.int64)
+        bboxes = np.stack([b[0] for b in bounds])
+        lo = np.stack([b[1] for b in bounds]).reshape(len(items), -1)
+        hi = np.stack([b[2] for b in bounds]).reshape(len(items), -1)
+        return (self.walkable, self.width, srcs, t_start, t_flat, bboxes, self.landmarks, lo, hi)
 
     def nearest_free(self, start: int, labels: np.ndarray, label: int, reserved: np.ndarray) -> np.ndarray:
         """Path inside the region ``labels == label`` from ``start`` to its nearest unreserved tile."""
@@ -408,5 +532,7 @@ class Pathfinder:
         )
 
     def clear(self) -> None:
-        """Drop cached fields (a cache only: paths never depend on it)."""
+        """Drop cached fields and paths (caches only: paths never depend on them)."""
         self._fields.clear()
+        self._paths.clear()
+        self._paths_bytes = 0

@@ -1,8 +1,10 @@
 """Who knows whom: a directed networkx graph of residents, with notes, strength and last interaction.
 
 Directed, because knowing is not symmetric (the paper asked each resident about each other one and
-counted an edge per "yes"), so density is ``edges / (n·(n-1))``, the paper's measure, and
-``networkx.density`` computes exactly that for a ``DiGraph``. Nodes are resident names.
+counted an edge per "yes"), so density is ``edges / (n·(n-1))``, the paper's measure (what
+``networkx.density`` computes for a ``DiGraph``). Nodes are resident names. The edge count is kept
+as edges are added (networkx counts by walking every node: 12 ms at 10,000 residents, every step),
+so change the graph through these methods.
 
 Edge attributes: ``strength`` in [0, 1], ``note`` (how the source sees the target, in words),
 ``last_interaction`` (the step of their last conversation, or None), ``interactions`` (a count) and
@@ -26,6 +28,7 @@ class SocialGraph:
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.graph = nx.DiGraph()
         self.graph.add_nodes_from(names)
+        self._edges = 0
 
     def _check(self, *names: str) -> None:
         for name in names:
@@ -66,6 +69,7 @@ class SocialGraph:
                 self.graph.add_edge(
                     u, v, strength=_clip(strength), note=note, since=step, last_interaction=None, interactions=0
                 )
+                self._edges += 1
 
     def strengthen(self, a: str, b: str, delta: float = 0.1, *, step: int = 0, mutual: bool = True) -> float:
         """Raise (or with a negative delta, lower) the strength of ``a → b``, creating the edge at 0 first.
@@ -104,11 +108,12 @@ class SocialGraph:
 
     def density(self) -> float:
         """Edges over n·(n-1): the share of ordered pairs (a, b) where a knows b."""
-        return nx.density(self.graph)
+        n = self.graph.number_of_nodes()
+        return self._edges / (n * (n - 1)) if n > 1 else 0.0
 
     def edge_count(self) -> int:
         """Number of directed acquaintances."""
-        return self.graph.number_of_edges()
+        return self._edges
 
     def view_json(self, max_nodes: int = 200) -> dict | None:
         """Nodes and ``[a, b, strength]`` edges for the viewer; None past ``max_nodes`` (a circle of
@@ -131,3 +136,4 @@ class SocialGraph:
         g.add_nodes_from(state["nodes"])
         g.add_edges_from((u, v, dict(d)) for u, v, d in state["edges"])
         self.graph = g
+        self._edges = g.number_of_edges()

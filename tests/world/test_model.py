@@ -227,3 +227,16 @@ def test_removed_resident_leaves_the_town(town3) -> None:
     town.step()
     assert len(town.agents) == 2 and not ben.active
     assert "Ben Quill" not in [s.name for s in town.resident("Ada Quill").perception.residents]
+
+
+def test_looking_ahead_and_path_cache_change_no_path(town100, monkeypatch) -> None:
+    """Prefetching expected trips and caching A* paths only move work between steps."""
+    from simulacra.world.pathfinding import Pathfinder
+
+    # a small map makes every trip follow a distance field; big towns run A* for places few want
+    monkeypatch.setattr(Pathfinder, "shared_threshold", property(lambda self: 3))
+    ahead = town100.build_town(seed=3)
+    plain = town100.build_town(seed=3, path_cache_mb=0, searches_per_step=0)
+    assert trajectory(ahead, 150) == trajectory(plain, 150)
+    assert ahead.pathfinder.stats["path_hits"] > 0 and ahead.pathfinder.stats["prefetched"] > 0
+    assert plain.pathfinder.stats["path_hits"] == 0 and plain.pathfinder.stats["astar"] > 0

@@ -102,6 +102,7 @@ def test_astar_without_landmarks_matches_too() -> None:
             1 + _,
             np.empty(16, np.int32),
             np.empty(16, np.int64),
+            np.empty(16, np.int32),
         )
         if nx.has_path(g, src, dst):
             assert path.size - 1 == nx.shortest_path_length(g, src, dst)
@@ -136,3 +137,33 @@ def test_nearest_free_stays_inside_the_place() -> None:
     assert pf.nearest_free(3, labels, 7, reserved).tolist() == [3, 9]
     reserved[[9, 10]] = 1
     assert pf.nearest_free(3, labels, 7, reserved).size == 0  # full: nothing outside the place counts
+
+
+def test_prefetched_and_cached_paths_equal_searched_ones() -> None:
+    walk = random_grid(7, 60, 40, 0.75)
+    w = walk.shape[1]
+    cells = np.flatnonzero(walk.ravel())
+    rng = np.random.default_rng(2)
+    target_sets = [np.sort(rng.choice(cells, size=3, replace=False)).astype(np.int32) for _ in range(6)]
+    requests = [(k, int(rng.choice(cells)), target_sets[k]) for k in rng.integers(0, 6, size=50).tolist()]
+    plain = Pathfinder(walk, w, path_cache_mb=0)
+    ahead = Pathfinder(walk, w, threads=2)
+    unique = len({(k, src) for k, src, _ in requests})
+    assert ahead.prefetch(requests) == unique
+    assert ahead.prefetch(requests) == 0  # all cached now
+    for key, src, targets in requests:
+        assert np.array_equal(ahead.path_to(key, src, targets), plain.path_to(key, src, targets))
+    assert ahead.stats["astar"] == 0 and ahead.stats["path_hits"] == len(requests)
+    assert plain.stats["astar"] == len(requests) and plain.stats["path_hits"] == 0
+
+
+def test_path_cache_stays_within_its_budget() -> None:
+    walk = random_grid(8, 60, 40, 0.8)
+    w = walk.shape[1]
+    cells = np.flatnonzero(walk.ravel())
+    targets = cells[:1].astype(np.int32)
+    pf = Pathfinder(walk, w, path_cache_mb=2e-3)  # about 2 KB: a few paths
+    for src in cells[-200:].tolist():
+        pf.path_to("home", src, targets)
+    assert 0 < pf._paths_bytes <= pf.path_budget
+    assert 0 < len(pf._paths) < 200
