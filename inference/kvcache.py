@@ -43,6 +43,7 @@ class ContiguousKV:
         self.seq_ids, self.lengths = list(seq_ids), list(lengths)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        q, k = q.to(v.dtype), k.to(v.dtype)
         outs, start = [], 0
         for s, n in zip(self.seq_ids, self.lengths, strict=True):
             ks, vs = k[start : start + n], v[start : start + n]

@@ -25,21 +25,28 @@ MOE_KERNELS = True
 
 
 class Linear(nn.Linear):
-    """`nn.Linear`, batch-invariant inside `kernels.invariant_forward()` (`EngineConfig.deterministic`).
+    """`nn.Linear` with two CPU speed-ups that leave every bit of the result as it was.
 
-    BLAS picks kernels and blockings by the row count (a single row takes a GEMV path), so a row's bits
-    can depend on how many rows share the call; the invariant mode runs fixed-size row tiles instead
-    (`kernels.invariant_linear`). Outside it this is exactly `nn.Linear`."""
+    - `packed`: oneDNN's blocked copy of a bf16 weight (`kernels.pack_linears`). `F.linear` on a bf16
+      CPU weight reorders it into that layout on every call, which dominates small batches; the packed
+      call runs the same kernel on the same layout (identical output) without the reorder.
+    - batch invariance inside `kernels.invariant_forward()` (`EngineConfig.deterministic`): BLAS picks
+      kernels and blockings by the row count, so a row's bits can depend on how many rows share the
+      call; the invariant mode runs fixed-size row tiles instead (`kernels.invariant_linear`).
+    """
+
+    packed: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.invariant_forward_active():
-            return kernels.invariant_linear(x, self.weight, bias=self.bias)
-        return super().forward(x)
+            return kernels.invariant_linear(x, self.weight, bias=self.bias, packed=self.packed)
+        return kernels.linear(x, self.weight, self.bias, self.packed)
 
 
 class KVStore(Protocol):
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        """Store this step's k/v for `layer` and return attention output [N, n_heads, head_dim]."""
+        """Store this step's k/v for `layer` and return attention output [N, n_heads, head_dim] in v's
+        dtype. q and k arrive rotated in fp32 (the store casts them to its own dtype once)."""
         ...
 
 
@@ -50,9 +57,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * x32).to(self.weight.dtype)
+        """In fp32 whatever the weight's dtype; one fused op (each op costs a thread wake-up on the CPU)."""
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(self.weight.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
@@ -90,11 +96,14 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     return inv.float(), float(mscale)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate halves (the HF/NeoX layout; GGUF's interleaved Q/K rows are un-permuted at load)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """Rotate halves (the HF/NeoX layout; GGUF's interleaved Q/K rows are un-permuted at load), in fp32.
+
+    `signed_sin` is sin with its first half negated (`Transformer.forward`), so the rotation is
+    `x * cos + [x2, x1] * signed_sin`: four ops instead of six."""
+    x = x.float()
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), signed_sin)
 
 
 class Attention(nn.Module):
@@ -102,9 +111,7 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        self.wq = Linear(cfg.hidden_size, nh * hd, bias=cfg.attn_bias)
-        self.wk = Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
-        self.wv = Linear(cfg.hidden_size, nkv * hd, bias=cfg.attn_bias)
+        self.wqkv = Linear(cfg.hidden_size, (nh + 2 * nkv) * hd, bias=cfg.attn_bias)  # [q; k; v] rows
         self.wo = Linear(nh * hd, cfg.hidden_size, bias=False)
         if cfg.qk_norm == "head":
             self.q_norm, self.k_norm = RMSNorm(hd, cfg.rms_eps), RMSNorm(hd, cfg.rms_eps)
@@ -114,19 +121,24 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: KVStore, layer: int) -> Tensor:
         cfg, n = self.cfg, x.shape[0]
-        q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        if cfg.qk_norm == "full":
-            q, k = self.q_norm(q), self.k_norm(k)
-        if cfg.clip_qkv is not None:
-            q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-        q = q.view(n, cfg.n_heads, cfg.head_dim)
-        k = k.view(n, cfg.n_kv_heads, cfg.head_dim)
-        v = v.view(n, cfg.n_kv_heads, cfg.head_dim)
-        if cfg.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = kv.attend(layer, q, k, v, self.scale)
-        return self.wo(out.reshape(n, cfg.n_heads * cfg.head_dim))
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        qkv = self.wqkv(x)
+        if cfg.qk_norm is None and cfg.clip_qkv is None:
+            qk = qkv[:, : (nh + nkv) * hd].view(n, nh + nkv, hd)  # q and k heads rotate in one call
+            v = qkv[:, (nh + nkv) * hd :].view(n, nkv, hd)
+        else:
+            q, k, v = qkv.split((nh * hd, nkv * hd, nkv * hd), dim=-1)
+            if cfg.qk_norm == "full":
+                q, k = self.q_norm(q), self.k_norm(k)
+            if cfg.clip_qkv is not None:
+                q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+            q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
+            if cfg.qk_norm == "head":
+                q, k = self.q_norm(q), self.k_norm(k)
+            qk = torch.cat((q, k), dim=1)
+        qk = apply_rope(qk, cos, sin)
+        out = kv.attend(layer, qk[:, :nh], qk[:, nh:], v, self.scale)
+        return self.wo(out.reshape(n, nh * hd))
 
 
 class MLP(nn.Module):
@@ -245,7 +257,8 @@ class Transformer(nn.Module):
         """Logits (fp32) for `logits_rows` of the flattened batch (all rows when None)."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]
         cos = (torch.cat((angles, angles), dim=-1).cos() * self.rope_scale)[:, None, :]
-        sin = (torch.cat((angles, angles), dim=-1).sin() * self.rope_scale)[:, None, :]
+        sin = angles.sin() * self.rope_scale
+        sin = torch.cat((-sin, sin), dim=-1)[:, None, :]  # signed for `apply_rope`
         x = self.embed(tokens).float()  # the residual stream stays fp32 whatever the weights' dtype
         if self.cfg.embedding_multiplier != 1.0:
             x = x * self.cfg.embedding_multiplier

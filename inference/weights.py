@@ -37,6 +37,14 @@ def infer_structure(cfg: ModelConfig, pieces: dict[str, tuple[int, ...]]) -> Non
         cfg.shared_expert_gate = f"layers.{first}.ffn.shared_gate.weight" in pieces
 
 
+def _fuse_qkv(pieces: dict[str, Tensor], prefix: str) -> None:
+    """q, k, v projections -> one `wqkv` ([q; k; v] rows), under `prefix` (e.g. 'layers.0.attn.')."""
+    for part in ("weight", "bias"):
+        names = [f"{prefix}w{x}.{part}" for x in "qkv"]
+        if all(n in pieces for n in names):
+            pieces[f"{prefix}wqkv.{part}"] = torch.cat([pieces.pop(n) for n in names])
+
+
 def _fuse(pieces: dict[str, Tensor], prefix: str, n_experts: int) -> None:
     """gate+up -> gate_up, and per-expert tensors -> stacked, under `prefix` (e.g. 'layers.0.ffn.')."""
     for part in ("gate", "up", "down"):
@@ -79,6 +87,7 @@ def build_model(
             pieces[name] = t.to(dtype)
     try:
         for i in range(cfg.n_layers):
+            _fuse_qkv(pieces, f"layers.{i}.attn.")
             _fuse(pieces, f"layers.{i}.ffn.", cfg.n_experts)
     except ModelLoadError as exc:
         raise ModelLoadError(where, exc.problem) from exc

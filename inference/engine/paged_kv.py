@@ -1,6 +1,8 @@
 """The engine's KV store: K/V in fixed-size blocks, attention over ragged batches.
 
-Cache layout: `k[layer]` is `[num_blocks, block_size, n_kv_heads, head_dim]`; a token's slot is
+Cache layout: `v[layer]` is `[num_blocks, block_size, n_kv_heads, head_dim]`, `k[layer]` the same
+with each block's keys transposed, `[num_blocks, n_kv_heads, head_dim, block_size]` (the decode
+kernel's q·k then runs along the block's tokens, `paged_attention.py`); a token's slot is
 `block_id * block_size + offset`. Per step, `prepare` turns each sequence's block table into
 indices once; every layer then writes its new K/V with one `index_copy_` and attends:
 
@@ -34,11 +36,14 @@ from simulacra.inference.kvcache import causal_attention
 @dataclass
 class StepLayout:
     slots: Tensor  # [N] cache slot of each new token
+    slot_blocks: Tensor  # [N] its block (slots // block_size)
+    slot_offsets: Tensor  # [N] its offset in the block
     decode_rows: Tensor  # rows (into the flat batch) of single-token sequences
     decode_blocks: Tensor  # [B, max_blocks] their block tables (padded with block 0)
     decode_lengths: Tensor  # [B] their context lengths (this token included)
     decode_mask: Tensor  # [B, 1, 1, max_blocks * block_size] True where a key exists
     prefill: list[tuple[int, int, Tensor, int]]  # (first row, new tokens, block table, context length)
+    all_decode: bool = False  # every row of the batch is a decode row, in order
 
 
 class PagedKV:
@@ -53,9 +58,8 @@ class PagedKV:
         device: str = "cpu",
         deterministic: bool = False,
     ) -> None:
-        shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros((n_layers, num_blocks, n_kv_heads, head_dim, block_size), dtype=dtype, device=device)
+        self.v = torch.zeros((n_layers, num_blocks, block_size, n_kv_heads, head_dim), dtype=dtype, device=device)
         self.block_size = block_size
         self.deterministic = deterministic
         if deterministic and not paged_attention.supported(self.k):
@@ -106,16 +110,24 @@ class PagedKV:
         mask = (torch.arange(keys)[None, :] < lens[:, None])[:, None, None, :]
         rows = torch.tensor(decode_rows, dtype=torch.long)
         # built on the CPU (small, Python lists), used on the cache's device (no-op copies on the CPU)
-        layout = (torch.cat(slots), rows, tables, lens, mask)
-        self.layout = StepLayout(*(t.to(dev) for t in layout), prefill)
+        flat = torch.cat(slots)
+        layout = (flat, flat // bs, flat % bs, rows, tables, lens, mask)
+        self.layout = StepLayout(*(t.to(dev) for t in layout), prefill, not prefill and len(decode_rows) == row)
+
+    def _keys(self, kc: Tensor, blocks: Tensor) -> Tensor:
+        """The keys of ``blocks`` in token order: [len(blocks) * block_size, H, D] (a copy)."""
+        return kc[blocks].permute(0, 3, 1, 2).reshape(-1, kc.shape[1], kc.shape[2])
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         lay = self.layout
-        kc, vc = self.k[layer], self.v[layer]  # [num_blocks, block_size, H, D]
-        heads, dim = kc.shape[2], kc.shape[3]
-        kc.view(-1, heads, dim).index_copy_(0, lay.slots, k.to(kc.dtype))
+        kc, vc = self.k[layer], self.v[layer]
+        heads, dim = vc.shape[2], vc.shape[3]
+        kc.permute(0, 3, 1, 2)[lay.slot_blocks, lay.slot_offsets] = k.to(kc.dtype)
         vc.view(-1, heads, dim).index_copy_(0, lay.slots, v.to(kc.dtype))
-        dtype, q = q.dtype, q.to(kc.dtype)
+        dtype, q = v.dtype, q.to(kc.dtype)
+        if lay.all_decode and paged_attention.supported(kc):  # the common decode step: no scatter
+            out = paged_attention.paged_decode_attention(q, kc, vc, lay.decode_blocks, lay.decode_lengths, scale)
+            return out.to(dtype)
         out = torch.empty_like(q)
         if len(lay.decode_rows) and paged_attention.supported(kc):
             out[lay.decode_rows] = paged_attention.paged_decode_attention(
@@ -124,14 +136,14 @@ class PagedKV:
         elif len(lay.decode_rows):
             b = lay.decode_blocks.shape[0]
             qd = q[lay.decode_rows].unsqueeze(2)  # [B, Hq, 1, D]
-            kd = kc[lay.decode_blocks].view(b, -1, heads, dim).transpose(1, 2)  # [B, H, L, D]
+            kd = self._keys(kc, lay.decode_blocks.reshape(-1)).view(b, -1, heads, dim).transpose(1, 2)  # [B, H, L, D]
             vd = vc[lay.decode_blocks].view(b, -1, heads, dim).transpose(1, 2)
             o = torch.nn.functional.scaled_dot_product_attention(
                 qd, kd, vd, attn_mask=lay.decode_mask, scale=scale, enable_gqa=True
             )
             out[lay.decode_rows] = o.squeeze(2)
         for first, n, table, total in lay.prefill:
-            ks = kc[table].view(-1, heads, dim)[:total]
+            ks = self._keys(kc, table)[:total]
             vs = vc[table].view(-1, heads, dim)[:total]
             out[first : first + n] = causal_attention(q[first : first + n], ks, vs, scale)
         return out.to(dtype)

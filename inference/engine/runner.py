@@ -18,6 +18,7 @@ class ModelRunner:
         cfg = model.cfg
         self.model = model
         self.deterministic = deterministic
+        kernels.pack_linears(model)  # bf16 CPU weights: packed once for oneDNN, same bits (kernels/dense.py)
         self.kv = PagedKV(
             cfg.n_layers,
             num_blocks,
@@ -47,7 +48,5 @@ class ModelRunner:
             self.kv,
             torch.tensor(last_rows, dtype=torch.long, device=device),
         )
-        if self.deterministic:
-            with kernels.invariant_forward():
-                return self.model(*args)
-        return self.model(*args)
+        with kernels.serial_ops(len(tokens)), kernels.invariant_forward(self.deterministic):
+            return self.model(*args)

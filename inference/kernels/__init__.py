@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from simulacra.inference.kernels.cpu_moe import cpu_experts
+from simulacra.inference.kernels.dense import linear, pack_linears, serial_ops
 from simulacra.inference.kernels.quant import QTYPES, QuantizedTensor, qlinear
 from simulacra.inference.kernels.routing import ExpertSort, sort_by_expert
 
@@ -49,7 +50,10 @@ __all__ = [
     "invariant_forward",
     "invariant_forward_active",
     "invariant_linear",
+    "linear",
     "moe_experts",
+    "pack_linears",
+    "serial_ops",
     "qlinear",
     "quantize_experts",
     "read_gguf_experts",
@@ -125,11 +129,14 @@ def moe_experts(moe: Any, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
     return cpu_experts(x, weights, ids, gate_up, down, small_max=small)
 
 
-def invariant_linear(x: Tensor, weight: Tensor, tile: int | None = None, bias: Tensor | None = None) -> Tensor:
+def invariant_linear(
+    x: Tensor, weight: Tensor, tile: int | None = None, bias: Tensor | None = None, packed: Tensor | None = None
+) -> Tensor:
     """`x @ weight.T (+ bias)` computed in fixed `tile`-row matmuls (the last one padded with zero rows):
     every matmul has the same shape, so row i's result is the same bits whatever else is in `x` and
     wherever row i sits. `x` may have leading dims ([..., K]). Used for every linear layer of a
-    batch-invariant forward pass (`invariant_forward`)."""
+    batch-invariant forward pass (`invariant_forward`); `packed` (`dense.pack_weight` of `weight`)
+    runs each tile on oneDNN's pre-packed weight, same bits, no per-call reorder."""
     tile = tile or settings.tile
     lead, k = x.shape[:-1], x.shape[-1]
     x = x.reshape(-1, k)
@@ -138,9 +145,8 @@ def invariant_linear(x: Tensor, weight: Tensor, tile: int | None = None, bias: T
     xp = torch.cat((x, x.new_zeros(pad, k))) if pad else x.contiguous()
     dtype = torch.promote_types(x.dtype, weight.dtype)
     out = torch.empty(n + pad, weight.shape[0], dtype=dtype, device=x.device)
-    wt = weight.t()
-    for i in range(0, n + pad, tile):
-        torch.mm(xp[i : i + tile], wt, out=out[i : i + tile])
+    for i in range(0, n + pad, tile):  # every tile on all threads (`dense.matmul_threads`): same shape, same bits
+        out[i : i + tile] = linear(xp[i : i + tile], weight, None, packed)
     out = out[:n]
     if bias is not None:
         out = out + bias  # elementwise: per row

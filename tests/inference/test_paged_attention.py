@@ -25,7 +25,8 @@ def test_matches_attention_over_gathered_keys(n_kv_heads: int, group: int) -> No
         tables[b, :k] = order[used : used + k]
         used += k
     q = torch.randn(len(lengths), n_kv_heads * group, dim, generator=gen)
-    got = paged_decode_attention(q, kc, vc, tables, lengths, scale=0.25)
+    kt = kc.permute(0, 2, 3, 1).contiguous()  # the cache keeps keys transposed within a block
+    got = paged_decode_attention(q, kt, vc, tables, lengths, scale=0.25)
     for b, n in enumerate(lengths.tolist()):
         keys = kc[tables[b]].reshape(-1, n_kv_heads, dim)[:n]
         values = vc[tables[b]].reshape(-1, n_kv_heads, dim)[:n]
