@@ -38,8 +38,21 @@ class RequestError(ValueError):
         self.code = code
 
 
+MAX_N = 128  # most samples one request may ask for (OpenAI's limit)
+MAX_NGRAM = 32  # longest no_repeat_ngram_size
+
+
 @dataclass
 class SamplingParams:
+    """How to sample. The fields after `ignore_eos` are keyed and recorded only when set (`keyed_params`).
+
+    `n` independent samples of one prompt (`GenerateResult.samples`); OpenAI's `presence_penalty` and
+    `frequency_penalty` (logit -= presence * (count > 0) + frequency * count, over the tokens this
+    sample generated); HF/vLLM's `repetition_penalty` (a token of the prompt or the output: logit / p
+    if positive, else logit * p); `no_repeat_ngram_size` N > 0 bans every N-gram of `no_repeat_texts`
+    and of the output so far from being written again (see `engine.sampling.NgramBans`).
+    """
+
     max_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
@@ -47,6 +60,22 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 = off
+    no_repeat_ngram_size: int = 0  # 0 = off
+    no_repeat_texts: list[str] = field(default_factory=list)
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any penalty or n-gram ban changes the logits (else they are left untouched)."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.no_repeat_ngram_size
+        )
 
     def validate(self, context_length: int | None = None) -> None:
         if not 1 <= self.max_tokens <= (context_length or 1 << 20):
@@ -59,6 +88,34 @@ class SamplingParams:
             raise RequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.top_k < 0:
             raise RequestError(f"top_k must be >= 0, got {self.top_k}", "top_k")
+        if not 1 <= self.n <= MAX_N:
+            raise RequestError(f"n must be between 1 and {MAX_N}, got {self.n}", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:
+                raise RequestError(f"{name} must be in [-2, 2], got {value}", name)
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise RequestError(
+                f"repetition_penalty must be in (0, 10] (1 = off), got {self.repetition_penalty}", "repetition_penalty"
+            )
+        if not 0 <= self.no_repeat_ngram_size <= MAX_NGRAM:
+            raise RequestError(
+                f"no_repeat_ngram_size must be between 0 (off) and {MAX_NGRAM}, got {self.no_repeat_ngram_size}",
+                "no_repeat_ngram_size",
+            )
+        if self.no_repeat_texts and not self.no_repeat_ngram_size:
+            raise RequestError("no_repeat_texts needs no_repeat_ngram_size > 0", "no_repeat_texts")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request seeded `seed`, fixed by the two alone (never by the batch).
+
+    Sample 0 keeps the request's seed, so an n=1 request samples as it always did and sample i of
+    a request equals an n=1 request with seed `sample_seed(seed, i)`. Sample i adds i golden-ratio
+    steps (SplitMix64's increment) modulo 2**64; torch's CPU generator reads only the low 32 bits
+    of a seed, and the increment's low half is odd, so up to 2**32 samples get distinct streams.
+    """
+    return seed if index == 0 else (seed + index * 0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 @dataclass
@@ -70,12 +127,43 @@ class GenerateResult:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     finish_reason: str = "stop"  # "stop" | "length"
     timings: dict[str, float] = field(default_factory=dict)  # queue_s, first_token_s, total_s, mask_s
+    # n > 1: every sample in index order, each a result of its own; this result's text, parsed and
+    # finish_reason are sample 0's, its token counts the request's usage (see `merge_samples`)
+    samples: list[GenerateResult] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of every sample (one for n=1)."""
+        return [s.text for s in self.samples] if self.samples else [self.text]
+
+
+def merge_samples(samples: list[GenerateResult]) -> GenerateResult:
+    """One result for the n samples of a request, counted as OpenAI's usage counts them.
+
+    A caller that ignores `n` still reads a whole answer (sample 0's text, parsed value and finish
+    reason); the prompt is counted once (sample 0's prompt and cached tokens), completion tokens
+    over all samples. One sample is returned as it is, so n=1 results are unchanged.
+    """
+    if len(samples) == 1:
+        return samples[0]
+    first = samples[0]
+    return GenerateResult(
+        text=first.text,
+        parsed=first.parsed,
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=sum(s.completion_tokens for s in samples),
+        cached_tokens=first.cached_tokens,
+        finish_reason=first.finish_reason,
+        timings={k: max(s.timings.get(k, 0.0) for s in samples) for k in first.timings},
+        samples=list(samples),
+    )
 
 
 @dataclass
 class StreamEvent:
     delta: str
     result: GenerateResult | None = None  # set on the last event only
+    index: int = 0  # the sample this delta belongs to (n > 1)
 
 
 @runtime_checkable
@@ -91,6 +179,12 @@ class LLM(Protocol):
         seed: int | None = None,
         stop: list[str] | None = None,
         schema: Schema = None,
+        n: int = 1,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        no_repeat_texts: list[str] | None = None,
     ) -> GenerateResult: ...
 
     def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]: ...
@@ -182,6 +276,26 @@ def prompt_text(prompt: Prompt) -> str:
 
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+# fields added after recorded runs existed: at their defaults they stay out of keys and records,
+# so every request made without them keeps its key (a recorded run still replays)
+_LATER_FIELDS = (
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "no_repeat_texts",
+)
+_DEFAULTS = dataclasses.asdict(SamplingParams())
+
+
+def keyed_params(params: SamplingParams) -> dict[str, Any]:
+    """`params` as a dict for keys and records: the later fields only where they differ from their defaults."""
+    out = dataclasses.asdict(params)
+    for name in _LATER_FIELDS:
+        if out[name] == _DEFAULTS[name]:
+            del out[name]
+    return out
 
 
 def split_request(kwargs: dict[str, Any]) -> tuple[SamplingParams, Schema]:
@@ -197,13 +311,17 @@ def split_request(kwargs: dict[str, Any]) -> tuple[SamplingParams, Schema]:
         kwargs["stop"] = [kwargs["stop"]]
     else:
         kwargs["stop"] = list(kwargs["stop"])
+    if kwargs.get("no_repeat_texts") is None:
+        kwargs.pop("no_repeat_texts", None)
+    else:
+        kwargs["no_repeat_texts"] = list(kwargs["no_repeat_texts"])
     return SamplingParams(**kwargs), schema
 
 
 def request_key(prompt: Prompt, params: SamplingParams, schema: Schema) -> str:
     """A stable sha256 of the canonical JSON of the whole request: equal requests, equal keys, across runs."""
     canonical = json.dumps(
-        {"prompt": prompt, "params": dataclasses.asdict(params), "schema": schema_json(schema)},
+        {"prompt": prompt, "params": keyed_params(params), "schema": schema_json(schema)},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -222,6 +340,14 @@ def split_deltas(text: str, pieces: int = 3) -> list[str]:
     chosen = cuts[step - 1 :: step][: pieces - 1] if cuts else []
     bounds = [0, *chosen, len(text)]
     return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def result_events(result: GenerateResult, pieces: int = 3) -> list[StreamEvent]:
+    """A finished result as the events a real stream would have sent: each sample's text in about
+    `pieces` deltas (tagged with its index), the last event carrying the last delta and the result."""
+    events = [StreamEvent(d, None, i) for i, text in enumerate(result.texts) for d in split_deltas(text, pieces)]
+    events[-1].result = result
+    return events
 
 
 _META: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("simulacra_llm_call_meta", default={})  # noqa: B039

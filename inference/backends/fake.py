@@ -4,12 +4,14 @@ Residents' tests need an LLM that says exactly what the test wants, and still be
 engine where code depends on it: token counts, `max_tokens` cut-offs (finish_reason "length"),
 `stop` strings, schemas (JSON text plus the parsed, validated object), streaming, errors for bad
 arguments and over-long prompts, concurrency. Tokens are whitespace-separated words, which is
-enough to make counts and cut-offs predictable in a test.
+enough to make counts and cut-offs predictable in a test. With n > 1 each sample is one answer of
+the script (see `ScriptedLLM`), and the result holds them as `samples`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import re
@@ -27,9 +29,11 @@ from simulacra.inference.port import (
     SamplingParams,
     Schema,
     StreamEvent,
+    merge_samples,
     parse_output,
     prompt_text,
-    split_deltas,
+    result_events,
+    sample_seed,
     split_request,
 )
 
@@ -78,6 +82,10 @@ class ScriptedLLM:
     each call wait, so tests can see concurrency; `stats()["max_in_flight"]` shows how much there was.
     `validate=True` checks scripted output against dict schemas too (a subset of JSON Schema), so a
     test cannot script output the engine could never produce.
+
+    A call with n > 1 takes n answers: the next n of a list (a call still counts as one, so the
+    answer after it is the list's next), or n calls of a function, sample i's with `n=1` and, when the
+    request has a seed, `seed=sample_seed(seed, i)`, as an engine would sample it.
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class ScriptedLLM:
         self._completion_tokens = 0
         self._cached_tokens = 0
         self._seen: list[list[str]] = []  # recent prompts as tokens, to simulate prefix caching
+        self._extra_answers = 0  # answers beyond one per call, taken by calls with n > 1
 
     @property
     def prompts(self) -> list[str]:
@@ -146,41 +155,43 @@ class ScriptedLLM:
         t0 = time.perf_counter()
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        first = len(self.calls) - 1 + self._extra_answers
+        self._extra_answers += params.n - 1
         try:
             await asyncio.sleep(self.latency)  # also yields once at 0, as a real backend would
-            answer = await self._answer(call)
+            answers = [await self._answer(call, first + i, i) for i in range(params.n)]
         finally:
             self._in_flight -= 1
-        full = _render(answer, call.schema, self.validate)
-        text, finish = _cut(full, params)
-        parsed = None
-        if call.schema is not None and finish == "stop":
-            parsed = parse_output(call.schema, text)
         cached = self._cached(prompt_tokens)
-        completion = count_tokens(text)
-        self._prompt_tokens += len(prompt_tokens)
-        self._completion_tokens += completion
-        self._cached_tokens += cached
-        return GenerateResult(
-            text=text,
-            parsed=parsed,
-            prompt_tokens=len(prompt_tokens),
-            completion_tokens=completion,
-            cached_tokens=cached,
-            finish_reason=finish,
-            timings={"queue_s": 0.0, "total_s": time.perf_counter() - t0},
-        )
+        samples = []
+        for answer in answers:
+            text, finish = _cut(_render(answer, call.schema, self.validate), params)
+            parsed = parse_output(call.schema, text) if call.schema is not None and finish == "stop" else None
+            timings = {"queue_s": 0.0, "total_s": time.perf_counter() - t0}
+            samples.append(
+                GenerateResult(text, parsed, len(prompt_tokens), count_tokens(text), cached, finish, timings)
+            )
+        result = merge_samples(samples)
+        self._prompt_tokens += result.prompt_tokens
+        self._completion_tokens += result.completion_tokens
+        self._cached_tokens += result.cached_tokens
+        return result
 
-    async def _answer(self, call: ScriptedCall) -> Any:
+    async def _answer(self, call: ScriptedCall, n: int, sample: int) -> Any:
+        """Answer `n` of the script (its n-th entry; a function is simply called) for sample `sample`."""
         if self._fn is not None:
-            answer = self._fn(call.prompt, call.schema, call.params)
+            params = call.params
+            if params.n > 1:
+                seed = None if params.seed is None else sample_seed(params.seed, sample)
+                params = dataclasses.replace(params, n=1, seed=seed)
+            answer = self._fn(call.prompt, call.schema, params)
             if inspect.isawaitable(answer):
                 answer = await answer
         else:
-            n = len(self.calls) - 1
             if n >= len(self._answers) and not (self.cycle and self._answers):
                 raise ScriptExhaustedError(
-                    f"ScriptedLLM has {len(self._answers)} scripted answer(s) and got call {n + 1}: {call.text[:80]!r}"
+                    f"ScriptedLLM has {len(self._answers)} scripted answer(s) and got call {len(self.calls)}"
+                    f"{f' (answer {n + 1})' if call.params.n > 1 else ''}: {call.text[:80]!r}"
                 )
             answer = self._answers[n % len(self._answers)]
         if isinstance(answer, BaseException):
@@ -201,13 +212,13 @@ class ScriptedLLM:
         return min(best, max(len(tokens) - 1, 0))  # the last prompt token is always computed
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        """The answer in a few deltas; the last event carries the last delta and the result."""
+        """The answer in a few deltas (each sample's, with its index); the last event carries the result."""
         result = await self.generate(prompt, **kwargs)
-        deltas = split_deltas(result.text, self.stream_pieces)
-        for delta in deltas[:-1]:
+        events = result_events(result, self.stream_pieces)
+        for event in events[:-1]:
             await asyncio.sleep(0)
-            yield StreamEvent(delta)
-        yield StreamEvent(deltas[-1], result)
+            yield event
+        yield events[-1]
 
     def stats(self) -> dict[str, float]:
         return {

@@ -9,7 +9,11 @@ A schema becomes `response_format={"type": "json_schema", "json_schema": {"name"
 schema `{"type": "string", "enum": [...]}` (portable, unlike vLLM's `guided_choice`); the server
 then writes a JSON string (`"cafe"`), which is unquoted here, so `text` and `parsed` are the bare
 choice as with the local engine. `top_k` (when > 0) goes as a top-level body field, as vLLM,
-SGLang and llama.cpp read it; `seed` and `stop` are OpenAI fields.
+SGLang and llama.cpp read it; `seed` and `stop` are OpenAI fields. `n`, `presence_penalty` and
+`frequency_penalty` (OpenAI's), `repetition_penalty` (vLLM's) and `no_repeat_ngram_size` with
+`no_repeat_texts` (our server's) are sent only when set, so a request without them is the body it
+always was. With n > 1 the choices become `GenerateResult.samples` in `index` order; OpenAI's usage
+counts the whole request, so a sample's own `completion_tokens` is unknown here (0).
 
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (honouring
 `Retry-After`); any other 4xx raises `RequestError` with the server's message, at once.
@@ -45,6 +49,7 @@ from simulacra.inference.port import (
     SamplingParams,
     Schema,
     StreamEvent,
+    merge_samples,
     parse_reply,
     schema_json,
     schema_name,
@@ -153,6 +158,17 @@ class OpenAIHTTPBackend:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.n != 1:
+            body["n"] = params.n
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(params, name):
+                body[name] = getattr(params, name)
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
+        if params.no_repeat_ngram_size:
+            body["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+            if params.no_repeat_texts:
+                body["no_repeat_texts"] = list(params.no_repeat_texts)
         if schema is not None:
             name = schema_name(schema) or "output"
             name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64]
@@ -223,22 +239,31 @@ class OpenAIHTTPBackend:
             attempt = await self._back_off(attempt, response)
 
     def _result(
-        self, text: str, finish: str | None, usage: dict[str, Any] | None, schema: Schema, timings: dict[str, float]
+        self,
+        choices: list[tuple[str, str | None]],
+        usage: dict[str, Any] | None,
+        schema: Schema,
+        timings: dict[str, float],
     ) -> GenerateResult:
-        finish = "length" if finish == "length" else ("stop" if finish in (None, "stop", "eos") else finish)
-        text = _unquote_choice(text, schema)
-        parsed = parse_reply(schema, text, finish)
+        """The result of the choices (text, finish_reason) in index order, with the server's usage."""
+        samples = []
+        for text, finish in choices:
+            finish = "length" if finish == "length" else ("stop" if finish in (None, "stop", "eos") else finish)
+            text = _unquote_choice(text, schema)
+            samples.append(GenerateResult(text, parse_reply(schema, text, finish), finish_reason=finish))
         usage = usage or {}
         details = usage.get("prompt_tokens_details") or {}
-        result = GenerateResult(
-            text=text,
-            parsed=parsed,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            finish_reason=finish,
-            timings=timings,
-        )
+        result = merge_samples(samples)
+        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        result.completion_tokens = int(usage.get("completion_tokens") or 0)
+        result.cached_tokens = int(details.get("cached_tokens") or 0)
+        result.timings = timings
+        for sample in result.samples:  # usage is the request's: each sample has its prompt, its own count is unknown
+            sample.prompt_tokens, sample.cached_tokens, sample.timings = (
+                result.prompt_tokens,
+                result.cached_tokens,
+                timings,
+            )
         self._counters["prompt_tokens"] += result.prompt_tokens
         self._counters["completion_tokens"] += result.completion_tokens
         self._counters["cached_tokens"] += result.cached_tokens
@@ -258,7 +283,7 @@ class OpenAIHTTPBackend:
             while True:  # bounded: max_retries + 1 readable-answer attempts, each bounded by _send
                 response = await self._send(path, body, stream=False)
                 try:
-                    text, finish, usage = _read_answer(response)
+                    choices, usage = _read_answer(response, params.n)
                     break
                 except ValueError as exc:
                     failure = (
@@ -275,14 +300,15 @@ class OpenAIHTTPBackend:
         finally:
             self._counters["running"] -= 1
         timings = {"total_s": time.perf_counter() - t0}
-        return self._result(text, finish, usage, schema, timings)
+        return self._result(choices, usage, schema, timings)
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """Server-sent events as deltas; the last event carries the result (with the server's usage).
 
         With a list of choices the deltas would be pieces of a quoted JSON string, so the whole
         (unquoted) choice comes as one delta at the end instead. A stream that breaks before its
-        first delta reached the caller is retried; after that, the break is raised.
+        first delta reached the caller is retried; after that, the break is raised. With n > 1 each
+        delta's `index` names its sample.
         """
         params, schema = split_request(kwargs)
         params.validate()
@@ -297,24 +323,25 @@ class OpenAIHTTPBackend:
         try:
             while True:  # bounded: max_retries + 1 stream attempts, each bounded by total_timeout
                 first_token_s: float | None = None
-                parts: list[str] = []
-                finish: str | None = None
+                parts: list[list[str]] = [[] for _ in range(params.n)]
+                finishes: dict[int, str] = {}
                 usage: dict[str, Any] | None = None
                 response = await self._send(path, body, stream=True)  # connection, status: retried in there
                 reader = _SSEReader(response, url, self.total_timeout)
                 failure: HTTPBackendError | None = None
                 try:
                     async for data in reader.events():
-                        deltas, finish_now, usage_now = _read_event(data, url, reader)
-                        finish, usage = finish_now or finish, usage_now or usage
-                        for delta in deltas:
+                        deltas, finish_now, usage_now = _read_event(data, url, reader, params.n)
+                        finishes.update(finish_now)
+                        usage = usage_now or usage
+                        for index, delta in deltas:
                             if first_token_s is None:
                                 first_token_s = time.perf_counter() - t0
-                            parts.append(delta)
+                            parts[index].append(delta)
                             if not hold:
                                 yielded += 1
-                                yield StreamEvent(delta)
-                    if not reader.done and finish is None:
+                                yield StreamEvent(delta, index=index)
+                    if not reader.done and not finishes:
                         what = "the stream ended before the answer was complete (no finish_reason, no [DONE])"
                         raise _StreamFault(reader.error(what))
                 except _StreamFault as exc:
@@ -342,10 +369,13 @@ class OpenAIHTTPBackend:
         timings = {"total_s": time.perf_counter() - t0}
         if first_token_s is not None:
             timings["first_token_s"] = first_token_s
-        if usage is None:
-            usage = {"completion_tokens": len(parts)}  # a server that sends no usage: one token per delta
-        result = self._result("".join(parts), finish, usage, schema, timings)
-        yield StreamEvent(result.text if hold else "", result)
+        if usage is None:  # a server that sends no usage: one token per delta
+            usage = {"completion_tokens": sum(len(p) for p in parts)}
+        result = self._result([("".join(p), finishes.get(i)) for i, p in enumerate(parts)], usage, schema, timings)
+        if hold:
+            for i, text in enumerate(result.texts[:-1]):
+                yield StreamEvent(text, index=i)
+        yield StreamEvent(result.texts[-1] if hold else "", result, params.n - 1 if hold else 0)
 
     def stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self._counters.items()}
@@ -359,8 +389,9 @@ class OpenAIHTTPBackend:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _read_answer(response: httpx.Response) -> tuple[str, str | None, dict[str, Any] | None]:
-    """(text, finish_reason, usage) of a non-streamed answer; ValueError saying what is missing."""
+def _read_answer(response: httpx.Response, n: int = 1) -> tuple[list[tuple[str, str | None]], dict[str, Any] | None]:
+    """([(text, finish_reason)] of the n choices in index order, usage) of a non-streamed answer;
+    ValueError saying what is missing. With n = 1 the first choice is the answer, whatever its index."""
     try:
         data = json.loads(response.content)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -368,20 +399,27 @@ def _read_answer(response: httpx.Response) -> tuple[str, str | None, dict[str, A
     if not isinstance(data, dict):
         raise ValueError(f"a JSON {type(data).__name__}, not an object")
     choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices[:n]):
         raise ValueError("no choices")
-    choice = choices[0]
-    if "message" in choice:
-        message = choice["message"]
-        text = message.get("content") if isinstance(message, dict) else None
-    elif "text" in choice:
-        text = choice["text"]
-    else:
-        raise ValueError("the choice has neither message nor text")
-    if text is not None and not isinstance(text, str):
-        raise ValueError(f"the answer's text is a {type(text).__name__}")
+    if n > 1:
+        by_index = {c.get("index"): c for c in choices if isinstance(c, dict)}
+        if set(by_index) != set(range(n)):
+            raise ValueError(f"{n} choices were asked for, the answer's indices are {list(by_index)}")
+        choices = [by_index[i] for i in range(n)]
+    out = []
+    for choice in choices[:n]:
+        if "message" in choice:
+            message = choice["message"]
+            text = message.get("content") if isinstance(message, dict) else None
+        elif "text" in choice:
+            text = choice["text"]
+        else:
+            raise ValueError("the choice has neither message nor text")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"the answer's text is a {type(text).__name__}")
+        out.append((text or "", choice.get("finish_reason")))
     usage = data.get("usage")
-    return text or "", choice.get("finish_reason"), usage if isinstance(usage, dict) else None
+    return out, usage if isinstance(usage, dict) else None
 
 
 class _StreamFault(Exception):
@@ -533,21 +571,28 @@ def _unquote_choice(text: str, schema: Schema) -> str:
     return value if isinstance(value, str) else text
 
 
-def _read_event(data: dict[str, Any], url: str, reader: _SSEReader) -> tuple[list[str], str | None, dict | None]:
-    """One server-sent event's text deltas, finish reason and usage; a malformed one is a `_StreamFault`."""
+def _read_event(
+    data: dict[str, Any], url: str, reader: _SSEReader, n: int = 1
+) -> tuple[list[tuple[int, str]], dict[int, str], dict | None]:
+    """One server-sent event's (choice index, text delta)s, finish reasons by index and usage; a malformed
+    one is a `_StreamFault`. With n = 1 every choice is choice 0, whatever index it names."""
     if data.get("error"):
         err = data["error"]
         message = err.get("message", err) if isinstance(err, dict) else err
         raise HTTPBackendError(f"{url}: the stream failed: {message}")
-    deltas: list[str] = []
-    finish = None
+    deltas: list[tuple[int, str]] = []
+    finishes: dict[int, str] = {}
     for choice in data.get("choices") or []:
         if not isinstance(choice, dict):
             raise _StreamFault(reader.error(f"a choice that is not an object: {choice!r:.100}"))
+        index = choice.get("index", 0) if n > 1 else 0
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise _StreamFault(reader.error(f"a choice index {index!r:.20} outside 0..{n - 1}"))
         delta = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
         if delta is not None and not isinstance(delta, str):
             raise _StreamFault(reader.error(f"a delta that is not text: {delta!r:.100}"))
-        finish = choice.get("finish_reason") or finish
+        if choice.get("finish_reason"):
+            finishes[index] = choice["finish_reason"]
         if delta:
-            deltas.append(delta)
-    return deltas, finish, data.get("usage") or None
+            deltas.append((index, delta))
+    return deltas, finishes, data.get("usage") or None

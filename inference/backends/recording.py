@@ -5,6 +5,7 @@ call, as a `CallRecord`, to a sink (the run's database, a JSONL file, a list). `
 from such a log without any model, so a run can be re-stepped, inspected or debugged exactly,
 in milliseconds. Requests are matched by `request_key`, a hash of the whole request (prompt,
 sampling parameters, schema); the n-th identical request gets the n-th recorded answer.
+A call for n > 1 samples records each of them (`CallRecord.samples`), and its replay returns them all.
 
 Who made a call (purpose, resident, step) is not an argument of `generate`, so the caller sets it
 around its calls with `port.call_meta(...)`; it lands in `CallRecord.meta`, and a replay miss names it.
@@ -12,7 +13,6 @@ around its calls with `port.call_meta(...)`; it lands in `CallRecord.meta`, and 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -31,17 +31,19 @@ from simulacra.inference.port import (
     StreamEvent,
     current_meta,
     jsonable,
+    keyed_params,
     parse_reply,
     prompt_text,
     request_key,
+    result_events,
     schema_json,
     schema_name,
-    split_deltas,
     split_request,
 )
 
 __all__ = [
     "CallRecord",
+    "SampleRecord",
     "JsonlSink",
     "RecordingLLM",
     "ReplayLLM",
@@ -52,12 +54,47 @@ __all__ = [
 ]
 
 
+class SampleRecord(BaseModel):
+    """One of the n samples of a call with n > 1."""
+
+    text: str = ""
+    parsed: Any = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str = "stop"
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: GenerateResult) -> SampleRecord:
+        return cls(
+            text=result.text,
+            parsed=jsonable(result.parsed),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+            finish_reason=result.finish_reason,
+            timings=dict(result.timings),
+        )
+
+    def to_result(self, schema: Schema = None) -> GenerateResult:
+        return GenerateResult(
+            text=self.text,
+            parsed=parse_reply(schema, self.text, self.finish_reason),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            finish_reason=self.finish_reason,
+            timings=dict(self.timings),
+        )
+
+
 class CallRecord(BaseModel):
     """One LLM call as data: enough to replay it exactly and to study it later."""
 
     key: str  # request_key(prompt, params, schema)
     prompt: str | list[dict[str, Any]]
-    params: dict[str, Any]  # SamplingParams as a dict
+    params: dict[str, Any]  # SamplingParams as a dict (`port.keyed_params`: later fields only when set)
     schema_name: str | None = None
     json_schema: dict[str, Any] | None = None
     text: str = ""
@@ -70,6 +107,7 @@ class CallRecord(BaseModel):
     started_at: float = 0.0  # unix time
     error: dict[str, Any] | None = None  # a RequestError the backend raised: message, param, code
     meta: dict[str, Any] = Field(default_factory=dict)  # purpose, resident, step, ... (see call_meta)
+    samples: list[SampleRecord] = Field(default_factory=list)  # n > 1: every sample; the fields above: the result's
 
     def to_result(self, schema: Schema = None) -> GenerateResult:
         """The recorded answer as a fresh result; `parsed` is re-parsed with the caller's schema."""
@@ -81,6 +119,7 @@ class CallRecord(BaseModel):
             cached_tokens=self.cached_tokens,
             finish_reason=self.finish_reason,
             timings=dict(self.timings),
+            samples=[s.to_result(schema) for s in self.samples],
         )
 
     def raise_error(self) -> None:
@@ -102,7 +141,7 @@ def _record(
     rec = CallRecord(
         key=request_key(prompt, params, schema),
         prompt=prompt,
-        params=dataclasses.asdict(params),
+        params=keyed_params(params),
         schema_name=schema_name(schema),
         json_schema=schema_json(schema),
         started_at=started_at,
@@ -116,6 +155,7 @@ def _record(
         rec.cached_tokens = result.cached_tokens
         rec.finish_reason = result.finish_reason
         rec.timings = {**result.timings, "wall_s": wall_s}
+        rec.samples = [SampleRecord.of(s) for s in result.samples]
     if error is not None:
         rec.finish_reason = "error"
         rec.error = {"message": str(error), "param": error.param, "code": error.code}
@@ -260,10 +300,8 @@ class ReplayLLM:
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         result = await self.generate(prompt, **kwargs)
-        deltas = split_deltas(result.text, self.stream_pieces)
-        for delta in deltas[:-1]:
-            yield StreamEvent(delta)
-        yield StreamEvent(deltas[-1], result)
+        for event in result_events(result, self.stream_pieces):
+            yield event
 
     def unused(self) -> list[CallRecord]:
         """Records no request has consumed yet (a complete replay leaves none)."""

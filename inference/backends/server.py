@@ -14,10 +14,15 @@ the prompt, stop strings, the model name, a schema's keys and values) must be va
 allows a lone surrogate (`"\\ud800"`, half of a pair), which no tokenizer can encode, so it is a 400
 (`invalid_unicode`) naming the field, before anything reaches the backend.
 
-Request fields beyond OpenAI's: `top_k` (as vLLM), `guided_choice` (a list of strings, as vLLM: the
-output is exactly one of them, unquoted). `response_format` `json_object` constrains to any JSON
-object, `json_schema` to its schema. Without `max_tokens` a request gets `default_max_tokens`; the
-default temperature is OpenAI's 1.0.
+Request fields beyond OpenAI's: `top_k` and `repetition_penalty` (as vLLM: (0, 10], 1 = off),
+`guided_choice` (a list of strings, as vLLM: the output is exactly one of them, unquoted),
+`no_repeat_ngram_size` (0 = off, up to 32) with `no_repeat_texts` (a list of strings: no N-gram of
+them, nor of the output so far, is written). `response_format` `json_object` constrains to any JSON
+object, `json_schema` to its schema. `n` (1 to 128) answers with n choices, `index` 0..n-1, usage
+counting the prompt once and every choice's completion (streamed: each delta names its choice;
+every choice's `finish_reason` comes at the end); `presence_penalty` and `frequency_penalty` are
+OpenAI's, in [-2, 2]. Without `max_tokens` a request gets `default_max_tokens`; the default
+temperature is OpenAI's 1.0.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simulacra.inference.port import LLM, GenerateResult, RequestError, SamplingParams, Schema, StreamEvent
+from simulacra.inference.port import (
+    LLM,
+    GenerateResult,
+    RequestError,
+    SamplingParams,
+    Schema,
+    StreamEvent,
+    keyed_params,
+)
 
 __all__ = ["APIError", "ServerThread", "create_app", "running", "serve"]
 
@@ -56,6 +69,11 @@ class _Body(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = 1
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    no_repeat_texts: list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
@@ -178,8 +196,6 @@ def _schema(body: ChatCompletionRequest | CompletionRequest) -> Schema:
 
 
 def _sampling(body: ChatCompletionRequest | CompletionRequest, context_length: int, default_max: int) -> SamplingParams:
-    if body.n not in (None, 1):
-        raise APIError(400, f"only n=1 is supported, got n={body.n}", "n")
     if body.logprobs or getattr(body, "top_logprobs", None):
         raise APIError(400, "logprobs are not supported", "logprobs")
     max_tokens = getattr(body, "max_completion_tokens", None)
@@ -196,6 +212,12 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, context_length: i
         top_k=body.top_k or 0,
         seed=body.seed,
         stop=stop,
+        n=1 if body.n is None else body.n,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        no_repeat_ngram_size=body.no_repeat_ngram_size or 0,
+        no_repeat_texts=list(body.no_repeat_texts or []),
     )
     try:
         params.validate(context_length)
@@ -302,11 +324,13 @@ def _add_error_handlers(app: FastAPI, counters: dict[str, int]) -> None:
         return _internal(exc).response()
 
 
-Chunk = Callable[..., dict[str, Any]]  # (delta, finish, start=False, usage=None) -> one streamed object
+Chunk = Callable[..., dict[str, Any]]  # (delta, finish, start=False, usage=None, index=0) -> one streamed object
 
 
 def _chat_chunk(rid: str, now: int, model: str) -> Chunk:
-    def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
+    def chunk(
+        delta: str | None, finish: str | None, start: bool = False, usage: Any = None, index: int = 0
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model}
         if usage is not None:
             out["choices"], out["usage"] = [], usage
@@ -314,19 +338,21 @@ def _chat_chunk(rid: str, now: int, model: str) -> Chunk:
         d: dict[str, Any] = {"role": "assistant", "content": ""} if start else {}
         if delta is not None:
             d["content"] = delta
-        out["choices"] = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+        out["choices"] = [{"index": index, "delta": d, "logprobs": None, "finish_reason": finish}]
         return out
 
     return chunk
 
 
 def _completion_chunk(rid: str, now: int, model: str) -> Chunk:
-    def chunk(delta: str | None, finish: str | None, start: bool = False, usage: Any = None) -> dict[str, Any]:
+    def chunk(
+        delta: str | None, finish: str | None, start: bool = False, usage: Any = None, index: int = 0
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"id": rid, "object": "text_completion", "created": now, "model": model}
         if usage is not None:
             out["choices"], out["usage"] = [], usage
             return out
-        out["choices"] = [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
+        out["choices"] = [{"index": index, "text": delta or "", "logprobs": None, "finish_reason": finish}]
         return out
 
     return chunk
@@ -352,8 +378,10 @@ class _Service:
 
     @staticmethod
     def _kwargs(params: SamplingParams, schema: Schema) -> dict[str, Any]:
-        keys = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-        return {**{k: getattr(params, k) for k in keys}, "schema": schema}
+        """The port's arguments: the sampling fields a request sets (n, penalties, bans only when set)."""
+        kwargs = keyed_params(params)
+        del kwargs["ignore_eos"]
+        return {**kwargs, "schema": schema}
 
     async def run(self, prompt: Any, params: SamplingParams, schema: Schema) -> GenerateResult:
         self.counters["requests"] += 1
@@ -383,21 +411,23 @@ class _Service:
         except Exception as exc:
             logger.exception("backend stream failed")
             raise _internal(exc) from exc
-        body = self._stream_body(events, first, chunk, include_usage)
+        body = self._stream_body(events, first, chunk, include_usage, params.n)
         return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def _stream_body(
-        self, events: AsyncIterator[StreamEvent], first: StreamEvent, chunk: Chunk, include_usage: bool
+        self, events: AsyncIterator[StreamEvent], first: StreamEvent, chunk: Chunk, include_usage: bool, n: int = 1
     ) -> AsyncIterator[bytes]:
         self.counters["in_flight"] += 1
         try:
-            yield _sse(chunk(None, None, start=True))
+            for i in range(n):
+                yield _sse(chunk(None, None, start=True, index=i))
             event = first
             while True:
                 if event.delta:
-                    yield _sse(chunk(event.delta, None))
+                    yield _sse(chunk(event.delta, None, index=event.index))
                 if event.result is not None:
-                    yield _sse(chunk(None, event.result.finish_reason))
+                    for i, sample in enumerate(event.result.samples or [event.result]):
+                        yield _sse(chunk(None, sample.finish_reason, index=i))
                     if include_usage:
                         yield _sse(chunk(None, None, usage=_usage(event.result)))
                     break
@@ -456,13 +486,21 @@ class _Service:
                 messages, params, schema, _chat_chunk(rid, now, self.model_name), include_usage
             )
         result = await self.run(messages, params, schema)
-        message = {"role": "assistant", "content": result.text, "refusal": None}
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": sample.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": sample.finish_reason,
+            }
+            for i, sample in enumerate(result.samples or [result])
+        ]
         return {
             "id": rid,
             "object": "chat.completion",
             "created": now,
             "model": self.model_name,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}],
+            "choices": choices,
             "usage": _usage(result),
         }
 
@@ -484,12 +522,16 @@ class _Service:
             chunk = _completion_chunk(rid, now, self.model_name)
             return await self.run_stream(prompt, params, schema, chunk, include_usage)
         result = await self.run(prompt, params, schema)
+        choices = [
+            {"index": i, "text": sample.text, "logprobs": None, "finish_reason": sample.finish_reason}
+            for i, sample in enumerate(result.samples or [result])
+        ]
         return {
             "id": rid,
             "object": "text_completion",
             "created": now,
             "model": self.model_name,
-            "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
+            "choices": choices,
             "usage": _usage(result),
         }
 

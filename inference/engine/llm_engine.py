@@ -4,7 +4,9 @@ Any number of coroutines `await engine.generate(...)`; each request becomes a `S
 background worker thread, which runs scheduler steps as long as there is work: every step is one
 forward pass over all running requests (prefill chunks and decodes together). Results and stream
 deltas go back to the caller's event loop thread-safely, so the event loop (viewer, server) stays
-responsive while the model computes.
+responsive while the model computes. A request for n > 1 samples is n sequences over one prompt:
+the prefix cache computes the prompt's full blocks once and the samples share them (ref counts),
+each with its own generator (`port.sample_seed`) and, under a schema, its own grammar matcher.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,20 @@ import torch
 from simulacra.inference.engine.block_manager import BlockManager
 from simulacra.inference.engine.paged_kv import PagedKV
 from simulacra.inference.engine.runner import ModelRunner
-from simulacra.inference.engine.sampling import make_generator, sample_row
+from simulacra.inference.engine.sampling import Penalties, apply_penalties, make_generator, ngram_table, sample_row
 from simulacra.inference.engine.scheduler import Chunk, Scheduler
 from simulacra.inference.engine.sequence import Sequence
 from simulacra.inference.loader import LoadedModel, load_model, resolve_device
-from simulacra.inference.port import GenerateResult, Prompt, RequestError, SamplingParams, Schema, StreamEvent
+from simulacra.inference.port import (
+    GenerateResult,
+    Prompt,
+    RequestError,
+    SamplingParams,
+    Schema,
+    StreamEvent,
+    merge_samples,
+    sample_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +110,8 @@ class Counters:
         }
 
 
-def _check_text(prompt: Prompt, stop: list[str]) -> None:
-    """RequestError naming the first prompt text or stop string that is not valid Unicode (a lone
+def _check_text(prompt: Prompt, stop: list[str], no_repeat: Iterable[str] = ()) -> None:
+    """RequestError naming the first prompt text, stop string or no-repeat text that is not valid Unicode (a lone
     surrogate, which JSON can carry as `"\\ud800"` but no tokenizer can encode)."""
     texts: list[tuple[str, Any]] = [("prompt", prompt)] if isinstance(prompt, str) else []
     if isinstance(prompt, list):
@@ -108,6 +119,7 @@ def _check_text(prompt: Prompt, stop: list[str]) -> None:
             if isinstance(m, dict):
                 texts += [(f"messages[{i}].{k}", v) for k, v in m.items()]
     texts += [(f"stop[{i}]", s) for i, s in enumerate(stop)]
+    texts += [(f"no_repeat_texts[{i}]", s) for i, s in enumerate(no_repeat)]
     for param, text in texts:
         if not isinstance(text, str):
             continue
@@ -123,12 +135,19 @@ def _check_text(prompt: Prompt, stop: list[str]) -> None:
 
 
 class _Request:
-    """A sequence plus the way back to its caller's event loop."""
+    """A request's sequences (one per sample) plus the way back to its caller's event loop."""
 
-    def __init__(self, seq: Sequence, schema: Schema, loop: asyncio.AbstractEventLoop) -> None:
-        self.seq, self.schema, self.loop = seq, schema, loop
+    def __init__(self, seqs: list[Sequence], schema: Schema, loop: asyncio.AbstractEventLoop) -> None:
+        self.seqs, self.schema, self.loop = seqs, schema, loop
         self.events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
-        self.sent = 0  # characters of seq.text already streamed
+        self.sent = [0] * len(seqs)  # characters of each sample's text already streamed
+        self.results: list[GenerateResult | None] = [None] * len(seqs)
+        self.failed = False  # an error was sent: the request is over for its caller
+
+    @property
+    def seq(self) -> Sequence:
+        """Sample 0's sequence (the only one when n = 1)."""
+        return self.seqs[0]
 
     def send(self, item: StreamEvent | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
@@ -186,8 +205,9 @@ class Engine:
                 if item.result is not None:
                     return
         finally:
-            if request.seq.finish_reason is None:
-                request.seq.cancelled = True  # the caller went away: free its blocks at the next step
+            if any(seq.finish_reason is None for seq in request.seqs):
+                for seq in request.seqs:
+                    seq.cancelled = True  # the caller went away: free its blocks at the next step
                 self._notify()
 
     def stats(self) -> dict[str, float]:
@@ -224,12 +244,13 @@ class Engine:
     def _make_request(self, prompt: Prompt, schema: Schema, sampling: dict[str, Any]) -> _Request:
         stop = sampling.pop("stop", None)
         seed = sampling.pop("seed", None)
+        sampling["no_repeat_texts"] = list(sampling.get("no_repeat_texts") or [])
         try:
             params = SamplingParams(**sampling, stop=[stop] if isinstance(stop, str) else list(stop or []))
         except TypeError as exc:
             raise RequestError(str(exc)) from exc
         params.validate(self.context_length)
-        _check_text(prompt, params.stop)
+        _check_text(prompt, params.stop, params.no_repeat_texts)
         ids = self.encode(prompt)
         param = "prompt" if isinstance(prompt, str) else "messages"
         if not ids:
@@ -241,12 +262,24 @@ class Engine:
                 param,
                 "context_length_exceeded",
             )
-        constraint = self._grammar_compiler().matcher(schema) if schema is not None else None
-        if constraint is not None:
-            constraint.check_budget(params.max_tokens)  # no value the schema allows fits: refused up front
+        constraints = [
+            self._grammar_compiler().matcher(schema) if schema is not None else None for _ in range(params.n)
+        ]
+        if constraints[0] is not None:
+            constraints[0].check_budget(params.max_tokens)  # no value the schema allows fits: refused up front
+        texts = ngram_table(
+            (self.tokenizer.encode(t, add_special_tokens=False) for t in params.no_repeat_texts),
+            params.no_repeat_ngram_size,
+        )
         params.seed = seed if seed is not None else self._seed_rng.getrandbits(63)
-        seq = Sequence(ids, params, make_generator(params.seed, self.device), constraint)
-        return _Request(seq, schema, asyncio.get_running_loop())
+        seqs = []
+        for i, constraint in enumerate(constraints):
+            generator = make_generator(sample_seed(params.seed, i), self.device)
+            seq = Sequence(ids, params, generator, constraint, index=i)
+            if params.penalised:
+                seq.penalties = Penalties(params, seq.prompt_ids, seq.output_ids, texts)
+            seqs.append(seq)
+        return _Request(seqs, schema, asyncio.get_running_loop())
 
     def _submit(self, request: _Request) -> None:
         with self._wake:
@@ -273,10 +306,11 @@ class Engine:
                     break
                 inbox, self._inbox = self._inbox, []
             for request in inbox:
-                self._requests[request.seq.id] = request
-                self.scheduler.add(request.seq)
                 self.counters.requests += 1
-                self.counters.prompt_tokens += len(request.seq.prompt_ids)
+                for seq in request.seqs:  # the samples of one prompt, admitted in order: they share its blocks
+                    self._requests[seq.id] = request
+                    self.scheduler.add(seq)
+                    self.counters.prompt_tokens += len(seq.prompt_ids)
             try:
                 self.step()
             except Exception as exc:  # a bug in a step fails the requests in flight, not the engine
@@ -285,7 +319,7 @@ class Engine:
                     if seq in self.scheduler.waiting:
                         self.scheduler.waiting.remove(seq)
                     self._fail(seq, exc)
-        for request in [*self._requests.values(), *self._inbox]:
+        for request in {id(r): r for r in [*self._requests.values(), *self._inbox]}.values():
             request.send(RuntimeError("the engine was closed before this request finished"))
 
     @torch.inference_mode()
@@ -332,6 +366,14 @@ class Engine:
             for c, x in zip(chunks, constraints, strict=True):
                 if x is not None:
                     c.seq.mask_seconds += seconds / n
+        # penalties and bans after the grammar's mask (a ban never empties what the grammar allows)
+        penalised = [
+            (row, c.seq.penalties)
+            for row, c in enumerate(chunks)
+            if c.seq.penalties is not None and not (c.seq.constraint is not None and c.seq.constraint.forcing)
+        ]
+        if penalised:
+            apply_penalties(logits, [row for row, _ in penalised], [p for _, p in penalised])
         for row, c in enumerate(chunks):
             seq = c.seq
             constraint = seq.constraint
@@ -372,33 +414,37 @@ class Engine:
             elif reason is None and (len(seq.output_ids) >= seq.params.max_tokens or len(seq) >= self.context_length):
                 reason = "length"
         if reason is None:
-            self._stream_delta(request, final=False)
+            self._stream_delta(request, seq, final=False)
             return
         self.scheduler.finish(seq, reason)
-        self.counters.finished += 1
         try:
-            result = self._result(request)
+            request.results[seq.index] = self._result(request, seq)
         except Exception as exc:
-            self._requests.pop(seq.id, None)
-            request.send(exc)
+            self._fail(seq, exc)
             return
-        self._stream_delta(request, final=True, result=result)
         self._requests.pop(seq.id, None)
+        if any(r is None for r in request.results):
+            self._stream_delta(request, seq, final=True)  # the rest of this sample; the result comes with the last
+            return
+        self.counters.finished += 1
+        self._stream_delta(request, seq, final=True, result=merge_samples(request.results))  # type: ignore[arg-type]
 
-    def _stream_delta(self, request: _Request, final: bool, result: GenerateResult | None = None) -> None:
-        text = request.seq.text
+    def _stream_delta(
+        self, request: _Request, seq: Sequence, final: bool, result: GenerateResult | None = None
+    ) -> None:
+        text, sent = seq.text, request.sent[seq.index]
         end = len(text)
         if not final:
-            hold = max((len(s) - 1 for s in request.seq.params.stop), default=0)  # might start a stop string
-            end = max(request.sent, end - hold)
-            if text[request.sent : end].endswith("\ufffd"):  # an incomplete UTF-8 character
+            hold = max((len(s) - 1 for s in seq.params.stop), default=0)  # might start a stop string
+            end = max(sent, end - hold)
+            if text[sent:end].endswith("\ufffd"):  # an incomplete UTF-8 character
                 return
-        if end > request.sent or final:
-            request.send(StreamEvent(text[request.sent : end], result))
-            request.sent = end
+        if end > sent or result is not None:
+            request.send(StreamEvent(text[sent:end], result, seq.index))
+            request.sent[seq.index] = end
 
-    def _result(self, request: _Request) -> GenerateResult:
-        seq = request.seq
+    def _result(self, request: _Request, seq: Sequence) -> GenerateResult:
+        """One sample's result."""
         parsed = None
         complete = seq.constraint is not None and seq.constraint.is_accepting()
         if request.schema is not None and (seq.finish_reason == "stop" or complete):
@@ -422,7 +468,11 @@ class Engine:
         )
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        """Fail `seq`'s whole request, once: its other samples are cancelled (freed at the next step)."""
         self.scheduler.finish(seq, "error")
         request = self._requests.pop(seq.id, None)
-        if request is not None:
+        if request is not None and not request.failed:
+            request.failed = True
+            for other in request.seqs:
+                other.cancelled = other.cancelled or other.finish_reason is None
             request.send(exc)

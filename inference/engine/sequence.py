@@ -1,4 +1,4 @@
-"""One request's state inside the engine."""
+"""One sample's state inside the engine: a request with n > 1 is n sequences over the same prompt."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class Sequence:
     params: SamplingParams
     generator: torch.Generator
     constraint: Any = None  # structured.Constraint, or None
+    penalties: Any = None  # sampling.Penalties, or None (no penalty, no n-gram ban)
+    index: int = 0  # which of its request's n samples
     id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

@@ -154,7 +154,13 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(server, client):
         (dict(max_tokens=-5), openai.BadRequestError, "max_tokens", None),
         (dict(max_tokens=CONTEXT + 1), openai.BadRequestError, "max_tokens", None),
         (dict(max_completion_tokens=0), openai.BadRequestError, "max_completion_tokens", None),
-        (dict(n=2), openai.BadRequestError, "n", None),
+        (dict(n=0), openai.BadRequestError, "n", None),
+        (dict(n=129), openai.BadRequestError, "n", None),
+        (dict(presence_penalty=2.5), openai.BadRequestError, "presence_penalty", None),
+        (dict(frequency_penalty=-3), openai.BadRequestError, "frequency_penalty", None),
+        (dict(extra_body={"repetition_penalty": 0}), openai.BadRequestError, "repetition_penalty", None),
+        (dict(extra_body={"no_repeat_ngram_size": -1}), openai.BadRequestError, "no_repeat_ngram_size", None),
+        (dict(extra_body={"no_repeat_texts": ["a b"]}), openai.BadRequestError, "no_repeat_texts", None),
         (dict(temperature=50), openai.BadRequestError, "temperature", None),
         (
             dict(
