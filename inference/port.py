@@ -130,6 +130,7 @@ class GenerateResult:
     # n > 1: every sample in index order, each a result of its own; this result's text, parsed and
     # finish_reason are sample 0's, its token counts the request's usage (see `merge_samples`)
     samples: list[GenerateResult] = field(default_factory=list)
+    server: str | None = None  # which server answered (remote backends); a run records it with the call
 
     @property
     def texts(self) -> list[str]:

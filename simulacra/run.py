@@ -175,8 +175,10 @@ class Run:
                 raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
             config = config or mind_config(scenario, seed)
             llm = llm or make_llm(backend)
+            if backend.kind == "http" and not backend.model:  # the server's model, named, so a resume asks for it
+                backend = replace(backend, model=str(getattr(llm, "model", "")))
             model_path = _model_path(llm, backend)
-            model_sha256 = file_sha256(model_path) if model_path else ""
+            model_sha256 = file_sha256(model_path) if model_path and backend.kind != "http" else ""
             settings = {
                 "backend": asdict(backend),
                 "engine": _engine_settings(llm),
@@ -222,12 +224,16 @@ class Run:
         llm: LLM | None = None,
         embedder: TextEmbedder | None = None,
         lock: bool = False,
+        urls: list[str] | None = None,
+        probe: bool = True,
     ) -> Run:
         """Continue a run from its last committed step (resume, interview, view).
 
         ``lock``: take the run's lock now (a resume: fail at once, before a model loads, if another
         process runs it, and check the whole database before writing to it); otherwise ``arun``
-        takes it before the first write."""
+        takes it before the first write. ``urls``: a remote run's servers from now on (moved or
+        replaced), recorded as its backend's for the next resume; needs ``lock``. ``probe=False``: do not
+        check a remote run's servers now (the viewer opens a run whose servers are gone)."""
         require_run_dir(run_dir)
         held = RunLock(run_dir).acquire() if lock else None
         store: RunStore | None = None
@@ -249,7 +255,17 @@ class Run:
                     store.dir, f"the saved state of step {last.step} (the last) does not parse ({exc})"
                 ) from exc
             backend = Backend(**settings["backend"])
-            llm = llm or make_llm(backend, after_step=last.step)
+            if urls:
+                if backend.kind != "http" or held is None:
+                    raise RunError(
+                        f"--llm-url replaces the servers of a remote run being resumed; {store.dir} used a "
+                        f"{backend.kind!r} backend"
+                    )
+                backend = replace(backend, urls=list(urls))
+            llm = llm or make_llm(backend, after_step=last.step, probe=probe)
+            if urls:
+                settings["backend"] = asdict(backend)
+                store.set_settings(settings)
             config = _config_from_json(settings["mind"])
             records: list[CallRecord] = []
             sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=info.seed, config=config)
@@ -264,6 +280,8 @@ class Run:
             run.wall_s = store.wall_s()
             first = store.metrics()
             run.first_metrics = {k: v[0][1] for k, v in first.items() if v}
+            if urls:
+                run._write_meta(backend=settings["backend"])
         except BaseException:
             if store is not None:
                 store.close()
@@ -281,9 +299,11 @@ class Run:
         *,
         llm: LLM | None = None,
         embedder: TextEmbedder | None = None,
+        urls: list[str] | None = None,
     ) -> Run:
         """Copy ``run_dir``'s steps up to ``step`` into a new run directory (``out``, default ``RUN-from-step-N``)
-        and open that, locked, to continue. ``run_dir`` is only read (through a temporary copy)."""
+        and open that, locked, to continue (``urls``: as for ``open``). ``run_dir`` is only read (through a
+        temporary copy)."""
         src = Path(run_dir)
         require_run_dir(src)
         dest = Path(out) if out else _free_path(src.with_name(f"{src.name}-from-step-{step}"))
@@ -298,7 +318,7 @@ class Run:
                 shutil.rmtree(dest, ignore_errors=True)
             raise
         lock.release()
-        return cls.open(dest, llm=llm, embedder=embedder, lock=True)
+        return cls.open(dest, llm=llm, embedder=embedder, lock=True, urls=urls)
 
     @classmethod
     async def afork(

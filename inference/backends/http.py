@@ -258,6 +258,7 @@ class OpenAIHTTPBackend:
         result.completion_tokens = int(usage.get("completion_tokens") or 0)
         result.cached_tokens = int(details.get("cached_tokens") or 0)
         result.timings = timings
+        result.server = self.base_url
         for sample in result.samples:  # usage is the request's: each sample has its prompt, its own count is unknown
             sample.prompt_tokens, sample.cached_tokens, sample.timings = (
                 result.prompt_tokens,

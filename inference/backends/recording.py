@@ -148,6 +148,8 @@ def _record(
         meta=meta,
     )
     if result is not None:
+        if result.server is not None:  # which server answered (remote backends)
+            rec.meta = {**meta, "server": result.server}
         rec.text = result.text
         rec.parsed = jsonable(result.parsed)
         rec.prompt_tokens = result.prompt_tokens

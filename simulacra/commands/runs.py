@@ -33,19 +33,39 @@ def run(
     deterministic: bool = typer.Option(
         False, "--deterministic", help="batch-invariant engine: a call's tokens do not depend on its batch (slower)"
     ),
+    llm_url: list[str] = typer.Option(
+        None,
+        "--llm-url",
+        help="an OpenAI-compatible server instead of the local engine (`simulacra serve`, vLLM, ...); repeat it to "
+        "spread residents over several servers (each sticks to one; a failed server's residents move)",
+    ),
+    llm_model: str = typer.Option(None, "--llm-model", help="with --llm-url: the model name (default: the server's)"),
+    api_key_env: str = typer.Option(
+        None,
+        "--api-key-env",
+        help="with --llm-url: the environment variable holding the API key (the run records its name only)",
+    ),
 ) -> None:
     """Run a scenario; every step is committed to RUN/run.db, so the run can be resumed, replayed, viewed."""
     from simulacra.inference.errors import ModelLoadError
     from simulacra.run import Backend, Run
     from simulacra.scenario import ScenarioError, load_scenario, resolve_scenario_path
+    from simulacra.storage import RunError
 
+    if llm_url and (model or deterministic):
+        fail("--model and --deterministic choose the local engine; with --llm-url name the model with --llm-model")
+    if not llm_url and (llm_model or api_key_env):
+        fail("--llm-model and --api-key-env go with --llm-url URL (a remote server)")
     try:
         path = resolve_scenario_path(scenario)
         d = load_scenario(path).definition
-        settings = {"deterministic": True} if deterministic else {}
-        backend = Backend("engine", model or d.model.path or "", settings=settings)
+        if llm_url:
+            backend = Backend("http", llm_model or "", urls=list(llm_url), api_key_env=api_key_env or None)
+        else:
+            settings = {"deterministic": True} if deterministic else {}
+            backend = Backend("engine", model or d.model.path or "", settings=settings)
         run_ = Run.create(path, out=out, seed=seed, hours=hours, backend=backend)
-    except (ScenarioError, ModelLoadError, FileNotFoundError) as exc:
+    except (ScenarioError, ModelLoadError, FileNotFoundError, RunError) as exc:
         fail(str(exc))
     console.print(f"run directory: {run_.dir}")
     _go(_drive(run_, view, interview))
@@ -60,11 +80,14 @@ def resume(
     out: Path = typer.Option(None, help="with --from-step: the new run directory (default: RUN-from-step-N)"),
     view: bool = typer.Option(False, "--view", help="serve the live viewer"),
     interview: bool = typer.Option(False, "--interview", help="interview every resident at the end"),
+    llm_url: list[str] = typer.Option(
+        None, "--llm-url", help="a remote run: these servers instead of the recorded ones (recorded for next time)"
+    ),
 ) -> None:
     """Continue a run from its last committed step (after a crash, Ctrl-C, or to run longer)."""
     from sqlalchemy.exc import OperationalError
 
-    run_ = _open_to_resume(run_dir, from_step, out)
+    run_ = _open_to_resume(run_dir, from_step, out, llm_url or None)
     try:
         steps = None
         if hours is not None:
@@ -81,15 +104,15 @@ def resume(
     _go(_drive(run_, view, interview, steps))
 
 
-def _open_to_resume(run_dir: Path, from_step: int | None, out: Path | None) -> Run:
+def _open_to_resume(run_dir: Path, from_step: int | None, out: Path | None, urls: list[str] | None = None) -> Run:
     """The run to continue, locked: RUN itself, or (``--from-step``) a copy of it up to that step."""
     from simulacra.run import Run
     from simulacra.storage import RunError
 
     try:
         if from_step is None:
-            return Run.open(run_dir, lock=True)
-        run_ = Run.continue_from(run_dir, from_step, out)
+            return Run.open(run_dir, lock=True, urls=urls)
+        run_ = Run.continue_from(run_dir, from_step, out, urls=urls)
     except RunError as exc:
         fail(str(exc))
     console.print(f"continuing {run_dir} from step {from_step} in {run_.dir} ({run_dir} is left as it is)")
@@ -207,7 +230,7 @@ def view(
     from simulacra.viewer_run import start_viewer
 
     async def main() -> None:
-        run_ = Run.open(run_dir)
+        run_ = Run.open(run_dir, probe=False)  # a remote run's servers are asked only if the viewer interviews
         server = await start_viewer(run_, port=port)
         console.print(f"viewer: [bold]{server.url}[/bold]  (step {run_.sim.town.steps}; Ctrl-C to quit)")
         try:
