@@ -59,3 +59,15 @@ bench-viewer: $(STAMP)
 .PHONY: check-peer-gguf
 check-peer-gguf: $(STAMP)
 	$(BIN)/python bench/peers/gguf_converter.py
+
+# Our engine against transformers bf16 `generate` and llama.cpp's llama-batched-bench on the packaged model,
+# same shapes, one run: bench/out/peers.json and a table. Downloads and compiles llama.cpp (the
+# llama-cpp-python sdist, bench/peers/llama_cpp.py) into .cache/peers/ the first time, so it is not part
+# of `make test`.
+.PHONY: bench-peers peer-llama-server
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/engine_peers.py
+
+# Only builds llama.cpp's OpenAI-compatible llama-server (same cache) and prints its path.
+peer-llama-server: $(STAMP)
+	$(BIN)/python bench/peers/llama_cpp.py llama-server

@@ -33,9 +33,7 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from unittest.mock import patch
@@ -45,8 +43,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # tests.inference.tiny_models; bench/machine.py
 
+import llama_cpp  # noqa: E402  bench/peers/llama_cpp.py (this script's folder), not llama-cpp-python
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from llama_cpp import CACHE, LCP, last_line, log, run  # noqa: E402
 from machine import describe  # noqa: E402
 
 from simulacra.inference.kvcache import ContiguousKV  # noqa: E402
@@ -54,9 +54,7 @@ from simulacra.inference.loader import load_model  # noqa: E402
 from simulacra.inference.packaged import default_model_path  # noqa: E402
 from tests.inference import tiny_models  # noqa: E402
 
-LCP = "llama-cpp-python==0.3.36"  # pinned: the converter, gguf-py and llama.cpp all come from this sdist
 SENTENCEPIECE = "sentencepiece==0.2.3"  # the converter imports it before looking for tokenizer.model
-CACHE = ROOT / ".cache" / "peers"
 OUTTYPES = ["f32", "f16", "q8_0"]
 # name -> (tiny_models family, overrides). The variants exist because the converter refuses a dense
 # layer in Qwen2-MoE (tiny_models' mlp_only_layers=[1]) and llama.cpp runs OLMoE only without GQA.
@@ -91,42 +89,7 @@ ROUTER_SUFFIXES = (
 )
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-
-
-def last_line(r: subprocess.CompletedProcess) -> str:
-    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-    return lines[-1] if lines else f"exit {r.returncode}"
-
-
 # ------------------------------------------------------------------------------------------- the peer
-
-
-def fetch_sdist() -> Path:
-    """The unpacked sdist; downloaded from the package index once (sdist only, no dependencies)."""
-    version = LCP.split("==")[1]
-    src = CACHE / "src" / f"llama_cpp_python-{version}"
-    if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
-        return src
-    sdist_dir = CACHE / "sdist"
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    tgz = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
-    if not tgz.is_file():
-        log(f"downloading the {LCP} sdist ...")
-        r = run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", LCP, "-d", sdist_dir]
-        )
-        if r.returncode or not tgz.is_file():
-            sys.exit(f"pip download {LCP} failed: {last_line(r)}")
-    (CACHE / "src").mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tgz) as tar:
-        tar.extractall(CACHE / "src", filter="data")
-    return src
 
 
 def converter_deps() -> Path:
@@ -140,33 +103,14 @@ def converter_deps() -> Path:
     return target
 
 
-def build_llama_cpp(src: Path) -> tuple[Path | None, str]:
-    """libllama (+ libggml*) from the sdist's vendored llama.cpp, CPU only; (lib folder, note)."""
-    build = CACHE / "llama.cpp-build"
-    lib = build / "bin"
-    if (lib / "libllama.so").exists():
-        return lib, "built earlier"
-    if not shutil.which("cmake"):
-        return None, "not built: no cmake on this machine"
-    t0 = time.time()
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    flags = [
-        "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=ON",
-        "-DGGML_NATIVE=ON",
-        "-DGGML_OPENMP=OFF",
-        "-DLLAMA_OPENSSL=OFF",
-        *(f"-DLLAMA_BUILD_{w}=OFF" for w in ("TESTS", "TOOLS", "EXAMPLES", "SERVER", "APP", "COMMON")),
-    ]
-    log("building libllama from the sdist (cmake, CPU only; about 10 minutes on 2 cores) ...")
-    r = run(["cmake", "-S", src / "vendor" / "llama.cpp", "-B", build, *gen, *flags])
-    if r.returncode == 0:
-        jobs = str(max(1, min(2, os.cpu_count() or 1)))
-        r = run(["nice", "-n", "19", "cmake", "--build", build, "--target", "llama", "-j", jobs])
-    (CACHE / "llama.cpp-build.log").write_text(r.stdout + r.stderr)
-    if r.returncode or not (lib / "libllama.so").exists():
-        return None, f"build failed ({last_line(r)}), see .cache/peers/llama.cpp-build.log"
-    return lib, f"built in {time.time() - t0:.0f} s"
+def build_llama_cpp() -> tuple[Path | None, str]:
+    """libllama (+ libggml*) from the sdist (llama_cpp.py builds it, once); (lib folder or None, note)."""
+    cached = llama_cpp.is_built(["llama"])
+    try:
+        lib = llama_cpp.lib_dir()
+    except llama_cpp.PeerError as exc:
+        return None, str(exc)
+    return lib, "built earlier" if cached else f"built in {llama_cpp.build_seconds()} s"
 
 
 # ------------------------------------------------------------------------------------- the checkpoints
@@ -443,14 +387,17 @@ def main() -> None:
     t_start = time.time()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-    src = fetch_sdist()
+    try:
+        src = llama_cpp.sdist()
+    except llama_cpp.PeerError as exc:
+        sys.exit(str(exc))
     # Our loader and `file_weights` use the venv's gguf; the converter runs with the sdist's gguf-py.
     ours_gguf = importlib.metadata.version("gguf")
     vendored = (src / "vendor" / "llama.cpp" / "gguf-py" / "pyproject.toml").read_text()
     if f'version = "{ours_gguf}"' not in vendored:
         log(f"note: the venv's gguf {ours_gguf} is not the sdist's gguf-py version; Q8_0 round trips may differ")
     deps = converter_deps()
-    lib, build_note = (None, "not run (--no-llama-cpp)") if args.no_llama_cpp else build_llama_cpp(src)
+    lib, build_note = (None, "not run (--no-llama-cpp)") if args.no_llama_cpp else build_llama_cpp()
     log(f"libllama: {build_note}")
     from transformers import AutoTokenizer
 
