@@ -5,7 +5,7 @@ Minds reach the language model only through ``simulacra.inference.port.LLM`` (on
 """
 
 from .conversation import Conversation, Conversations
-from .facts import FactTracker, Provenance, TrackedFact
+from .facts import FactTracker, Provenance, TownEvent, TrackedFact
 from .memory import Memory, MemoryRecord, MemoryStore, MemoryStream, Retrieved
 from .mind import Citizen, attach_minds, begin_step, interview_all, resident_places
 from .retrieval import RetrievalWeights
@@ -25,6 +25,7 @@ __all__ = [
     "Retrieved",
     "RetrievalWeights",
     "Society",
+    "TownEvent",
     "TrackedFact",
     "attach_minds",
     "begin_step",

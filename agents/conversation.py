@@ -23,6 +23,7 @@ class Conversation:
     turns: list[tuple[str, str, int]] = field(default_factory=list)  # (speaker, text, step)
     ended_step: int | None = None
     end_reason: str = ""
+    news: list[tuple[str, str]] = field(default_factory=list)  # (speaker, line) lines that told a memory
 
     @property
     def ended(self) -> bool:
@@ -87,7 +88,12 @@ class Conversations:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = [Conversation(**{**c, "turns": [tuple(t) for t in c["turns"]]}) for c in state["history"]]
+        self.history = [
+            Conversation(
+                **{**c, "turns": [tuple(t) for t in c["turns"]], "news": [tuple(t) for t in c.get("news", [])]}
+            )
+            for c in state["history"]
+        ]
         self.active = {}
         for c in self.history:
             if not c.ended:

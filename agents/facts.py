@@ -24,6 +24,23 @@ class TrackedFact:
 
 
 @dataclass(frozen=True)
+class TownEvent:
+    """Something residents can hear of and go to; ``information`` is the tracked fact announcing it."""
+
+    id: str
+    title: str
+    host: str
+    place: str
+    start: datetime
+    end: datetime
+    information: str | None = None
+
+    def label(self) -> str:
+        """How plans name it: title, place and hours (what a resident must know to go)."""
+        return f"{self.title} at {self.place.split(':')[0]}, {self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
 class Provenance:
     fact: str
     learner: str
@@ -54,6 +71,12 @@ class FactTracker:
     def mentions(self, text: str) -> list[str]:
         """The ids of the facts a text mentions."""
         return [fid for fid, pat in self._patterns.items() if pat.search(text)]
+
+    def tells_of(self, event: TownEvent, text: str) -> bool:
+        """Whether ``text`` (a memory) tells of ``event``: it mentions the announcing fact, or names the event."""
+        if event.information in self._patterns:
+            return bool(self._patterns[event.information].search(text))
+        return event.title.lower() in text.lower()
 
     def knows(self, resident: str, fact: str) -> bool:
         return resident in self.known[fact]

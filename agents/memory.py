@@ -20,7 +20,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from .retrieval import RetrievalWeights, Scores, score, top_k
 
-KINDS = ("seed", "observation", "conversation", "reflection", "plan", "interview")
+KINDS = ("seed", "observation", "conversation", "heard", "reflection", "plan", "interview")
 
 
 class MemoryRecord(SQLModel, table=True):
@@ -28,6 +28,7 @@ class MemoryRecord(SQLModel, table=True):
 
     __tablename__ = "memory"
 
+    run_id: str = Field(default="", primary_key=True, sa_column_kwargs={"server_default": ""})  # see storage.RunRow
     resident: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)
     kind: str
@@ -40,8 +41,9 @@ class MemoryRecord(SQLModel, table=True):
     evidence: str = "[]"  # JSON list of seq numbers this memory rests on (reflections)
 
     @classmethod
-    def of(cls, resident: str, m: Memory) -> MemoryRecord:
+    def of(cls, resident: str, m: Memory, run_id: str = "") -> MemoryRecord:
         return cls(
+            run_id=run_id,
             resident=resident,
             seq=m.seq,
             kind=m.kind,
@@ -195,19 +197,21 @@ class MemoryStore:
     def count(self) -> int:
         return sum(len(s.memories) for s in self.streams.values())
 
-    def flush(self, session: Session) -> int:
-        """Write every memory added or changed since the last flush (the caller commits); returns the count."""
+    def flush(self, session: Session, run_id: str = "") -> int:
+        """Write every memory added or changed since the last flush (the caller commits); returns the count.
+        ``run_id``: the run's key in a database shared by many runs (``""`` in a run's own ``run.db``)."""
         n = 0
         for stream in self.streams.values():
             for m in stream.take_dirty():
-                session.merge(MemoryRecord.of(stream.resident, m))
+                session.merge(MemoryRecord.of(stream.resident, m, run_id))
                 n += 1
         return n
 
-    def load(self, session: Session) -> None:
-        """Replace the streams with what the database holds (resuming a run)."""
+    def load(self, session: Session, run_id: str = "") -> None:
+        """Replace the streams with what the database holds for run ``run_id`` (resuming a run)."""
         streams: dict[str, MemoryStream] = {name: MemoryStream(name) for name in self.streams}
-        rows = session.exec(select(MemoryRecord).order_by(MemoryRecord.resident, MemoryRecord.seq)).all()
+        query = select(MemoryRecord).where(MemoryRecord.run_id == run_id)
+        rows = session.exec(query.order_by(MemoryRecord.resident, MemoryRecord.seq)).all()
         for r in rows:
             s = streams.setdefault(r.resident, MemoryStream(r.resident))
             if r.seq != len(s.memories):

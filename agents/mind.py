@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -31,12 +31,37 @@ from simulacra.world import (
 )
 from simulacra.world.perception import Perception
 
-from . import prompts
+from . import lines, prompts
 from .conversation import Conversation
+from .facts import TownEvent
 from .memory import MemoryStream, Retrieved
-from .planning import Slot, schedule_slots, sequence_slots, slot_at
-from .schemas import Answer, Questions, Reaction, TownSchemas, Utterance, YesNo
+from .planning import Slot, insert, schedule_slots, sequence_slots, slot_at
+from .schemas import Questions, Reaction, TownSchemas, Utterance, YesNo, cited_answer
 from .society import Society
+
+TOPIC_KINDS = ("seed", "heard", "reflection", "plan")  # what a resident may tell (observations are not news)
+PLAN_PREFIX = "My plan for"
+TOPIC_POOL = 8  # memories considered for a line's topic
+MY_LINES = 8  # own lines a new line may not repeat
+TELLS = 0.5  # cosine of a line to its topic above which the partner counts as told
+
+
+@dataclass(frozen=True)
+class Line:
+    """A chosen conversation line: what is said, whether it ends the talk, whether it told the topic."""
+
+    says: str
+    end: bool
+    tells: bool
+
+
+def speakable(memory: str) -> str:
+    """A memory as something to say: a day plan ("My plan for Thursday 10 April: a; b.") becomes "Today I
+    plan to a, then b."; other memories are said as written."""
+    head, sep, rest = memory.partition(": ")
+    if sep and head.startswith(PLAN_PREFIX):
+        return "Today I plan to " + ", then ".join(p.strip() for p in rest.rstrip(".").split(";")) + "."
+    return memory
 
 
 def _in_use_state(states: Sequence[str], default: str) -> str | None:
@@ -81,6 +106,9 @@ class Citizen(Resident):
         self.noticed: list[tuple[str, str]] = []  # (what, who) new this step
         self.using: str | None = None  # object in use
         self.current: Slot | None = None
+        self.told: dict[str, list[int]] = {}  # partner -> seqs of the memories told them
+        self.my_lines: list[str] = []  # my last conversation lines (a new line may not repeat them)
+        self.event_choices: dict[str, bool] = {}  # event id -> going (decided in a plan)
 
     @property
     def stream(self) -> MemoryStream:
@@ -100,10 +128,14 @@ class Citizen(Resident):
     def remember(self, kind: str, text: str, **kw: Any) -> None:
         self.stream.add(kind, text, self.town.steps, self.town.now, **kw)
 
-    def recall(self, query: str, k: int | None = None, *, touch: bool = True) -> list[Retrieved]:
+    def recall(
+        self, query: str, k: int | None = None, *, touch: bool = True, kinds: tuple[str, ...] | None = None
+    ) -> list[Retrieved]:
         soc = self.society
         q = soc.embed([query])[0]
-        return self.stream.retrieve(q, self.town.now, k or soc.config.top_k, soc.config.retrieval, touch=touch)
+        return self.stream.retrieve(
+            q, self.town.now, k or soc.config.top_k, soc.config.retrieval, touch=touch, kinds=kinds
+        )
 
     def recall_texts(self, query: str, k: int | None = None) -> list[str]:
         return [r.memory.text for r in self.recall(query, k)]
@@ -183,9 +215,14 @@ class Citizen(Resident):
         soc, sch = self.society, self.schemas
         date = self._date()
         memories = self.recall_texts(f"{self.name}'s plans for {date}")
+        events = self.events_to_decide()
+        for ev in events:  # what was heard of each event is retrieved into the plan (the paper's mechanism)
+            memories += [t for t in self.recall_texts(ev.label(), 2) if t not in memories]
         wake = format_minutes(self.spec.routine.wake)
-        msgs = prompts.day_plan(self.system_text, date, memories, self._example_plan(), wake)
-        day = await soc.ask("day_plan", self.name, msgs, sch.DayPlan)
+        labels = tuple(ev.label() for ev in events)
+        msgs = prompts.day_plan(self.system_text, date, memories, self._example_plan(), wake, labels)
+        schema = sch.with_event(sch.DayPlan, labels) if labels else sch.DayPlan
+        day = await soc.ask("day_plan", self.name, msgs, schema)
         plan = list(day.plan) if day is not None else self._example_plan()
         wake = day.wake_up if day is not None else wake
         start, sleep = format_minutes(max(minute, parse_time_of_day(wake))), format_minutes(self.spec.routine.sleep)
@@ -195,11 +232,49 @@ class Citizen(Resident):
         if parse_time_of_day(wake) > minute:
             blocks.append((format_minutes(minute), "getting up", self.home_place))
         self.schedule = schedule_slots(blocks, minute, self.spec.routine.sleep, self.home_place)
+        if events:
+            self.choose_event(events, day, "day_plan")
         self.day_plan = plan
         self.plan_date = self.waking_date()
         self.actions = []
-        self.remember("plan", f"My plan for {date}: " + "; ".join(plan) + ".")
+        self.remember("plan", f"{PLAN_PREFIX} {date}: " + "; ".join(plan) + ".")
         self.log("day_plan", wake_up=wake, plan=plan, schedule=[_slot_json(s) for s in self.schedule])
+
+    def events_to_decide(self) -> list[TownEvent]:
+        """Today's events still to come that I have heard of (a memory tells of them) and not yet decided on."""
+        soc, now = self.society, self.town.now
+        today = now.date()
+        return [
+            ev
+            for ev in soc.events
+            if ev.start.date() == today
+            and ev.end > now
+            and ev.id not in self.event_choices
+            and (ev.host == self.name or any(soc.facts.tells_of(ev, m.text) for m in self.stream.memories))
+        ]
+
+    def is_chosen_event(self, slot: Slot) -> bool:
+        return any(
+            self.event_choices.get(ev.id) and slot.activity == ev.title[:48] and slot.place == ev.place
+            for ev in self.society.events
+        )
+
+    def choose_event(self, events: list[TownEvent], out: Any, plan: str) -> Slot | None:
+        """Apply a plan's ``event`` choice: the chosen event's hours go into the schedule; every offered event is
+        decided, with the plan's reason logged (why someone went, or stayed away). The chosen event's slot."""
+        if out is None:  # no answer: still undecided, offered again at the next plan
+            return None
+        chosen, why, going = out.event, out.why, None
+        for ev in events:
+            go = chosen == ev.label()
+            self.event_choices[ev.id] = go
+            self.log("event_choice", event=ev.id, go=go, why=why, plan=plan)
+            if go:
+                lo = parse_time_of_day(f"{ev.start:%H:%M}")
+                going = Slot(lo, lo + int((ev.end - ev.start).total_seconds() // 60), ev.title[:48], ev.place, "🎉")
+                self.schedule = insert(self.schedule, going)
+                self.remember("plan", f"I will go to {ev.label()}.")
+        return going
 
     def _example_plan(self) -> list[str]:
         """A plan in the resident's own routine, shown as the example (a small model copies examples)."""
@@ -237,8 +312,21 @@ class Citizen(Resident):
         """Break the time from now to the next hour (or the end of the schedule block) into actions."""
         slot = slot_at(self.schedule, minute) or Slot(minute, minute + 60, "at home", self.home_place)
         start = minute if minute >= slot.start else minute + 24 * 60
+        if self.is_chosen_event(slot):  # going to an event needs no plan: be there until it ends
+            self.actions = [Slot(start, slot.end, slot.activity, slot.place, slot.emoji)]
+            self.log(
+                "hour_plan",
+                start=format_minutes(start),
+                until=format_minutes(slot.end),
+                actions=[_slot_json(self.actions[0])],
+            )
+            return
         until = min((start // 60 + 1) * 60, slot.end)
         memories = self.recall_texts(f"{slot.activity} at {slot.place}", 3)
+        events = self.events_to_decide()
+        for ev in events:
+            memories += [t for t in self.recall_texts(ev.label(), 2) if t not in memories]
+        labels = tuple(ev.label() for ev in events)
         emoji = "💼" if slot.place == self.spec.workplace else "🏠" if slot.place == self.home_place else "🙂"
         msgs = prompts.hour_plan(
             self.system_text,
@@ -249,10 +337,17 @@ class Citizen(Resident):
             emoji,
             memories,
             note,
+            labels,
         )
-        out = await self.society.ask("hour_plan", self.name, msgs, self.schemas.HourPlan)
+        sch = self.schemas
+        out = await self.society.ask(
+            "hour_plan", self.name, msgs, sch.with_event(sch.HourPlan, labels) if labels else sch.HourPlan
+        )
         steps = [(a.minutes, a.action, a.place, a.emoji) for a in out.actions] if out is not None else []
         self.actions = sequence_slots(steps, start, until, (slot.activity, slot.place, ""))
+        going = self.choose_event(events, out, "hour_plan") if events else None
+        if going is not None and going.start < until:  # it starts this hour: go now
+            self.actions = insert(self.actions, going)
         self.log(
             "hour_plan",
             start=format_minutes(start),
@@ -298,6 +393,7 @@ class Citizen(Resident):
                 soc.conversations.end(conv, town.steps, "no answer")
                 break
             soc.conversations.say(conv, speaker, said.says, town.steps)
+            soc.spoke(lines.normalise(said.says))
             self.log("utterance", conversation=conv.id, speaker=speaker, to=other, text=said.says)
             for p in soc.facts.hear(speaker, [other], said.says, town.steps, town.now):
                 self.log("fact_learned", fact=p.fact, learner=p.learner, source=p.source, words=p.words)
@@ -311,49 +407,118 @@ class Citizen(Resident):
             self.finish(conv)
 
     async def utter(self, conv: Conversation) -> Utterance | None:
+        """The next line: a topic first (something I know and have not told this partner), then
+        ``line_candidates`` samples of one prompt (they share its KV blocks), none repeating the
+        conversation's words, reranked by ``pick_line``."""
+        soc, cfg = self.society, self.society.config
         other = conv.other(self.name)
         last = conv.turns[-1][1] if conv.turns else ""
         got = self.recall(f"{other} {last}".strip())
+        topic = self.topic(conv)
         rel = self.town.social.relation(self.name, other)
-        example, end = self.example_line(conv, got)
+        example, end = self.example_line(conv, topic)
+        shown = [r.memory.text for r in got]
+        if topic is not None and topic.memory.text not in shown:
+            shown = [topic.memory.text, *shown[:-1]]
         msgs = prompts.utterance(
             self.system_text,
             self._time(),
             conv.place,
             other,
             rel["note"] if rel else "",
-            [r.memory.text for r in got],
+            shown,
             [(s, t) for s, t, _ in conv.turns],
             example,
             end,
+            topic.memory.text if topic is not None else "",
         )
-        return await self.society.ask("utterance", self.name, msgs, Utterance)
+        avoid = [t for _, t, _ in conv.turns] + self.my_lines
+        sampling: dict[str, Any] = {"n": cfg.line_candidates}
+        if avoid and cfg.no_repeat_ngram:
+            sampling.update(no_repeat_ngram_size=cfg.no_repeat_ngram, no_repeat_texts=avoid)
+        outs = await soc.ask_samples("utterance", self.name, msgs, Utterance, **sampling)
+        said = self.pick_line(outs, conv, topic, example, end)
+        if said is None:
+            return None
+        if topic is not None and said.tells:
+            self.told.setdefault(other, []).append(topic.memory.seq)
+            conv.news.append((self.name, said.says))
+        self.my_lines = [*self.my_lines, said.says][-MY_LINES:]
+        return Utterance(says=said.says, end=said.end)
 
-    def example_line(self, conv: Conversation, got: list[Retrieved]) -> tuple[str, bool]:
-        """An example line from the best-ranked memory worth telling (not an observation, not yet said)."""
+    def topic(self, conv: Conversation) -> Retrieved | None:
+        """The best-ranked memory worth telling this partner: known to me (seeded, heard or concluded), not
+        told them before, not said in this conversation, and not something they told me."""
+        other = conv.other(self.name)
+        last = conv.turns[-1][1] if conv.turns else ""
+        told = set(self.told.get(other, ()))
+        said = lines.normalise(" ".join(t for _, t, _ in conv.turns))
+        theirs = f"{other.split()[0]} told me:"
+        for r in self.recall(f"{other} {last}".strip(), TOPIC_POOL, touch=False, kinds=TOPIC_KINDS):
+            m = r.memory
+            if m.seq in told or m.text.startswith(theirs) or lines.normalise(m.text)[:40] in said:
+                continue
+            return r
+        return None
+
+    def example_line(self, conv: Conversation, topic: Retrieved | None) -> tuple[str, bool]:
+        """An example line made of the topic (a small model copies its example: that is how news travels).
+        With nothing left to tell after the opening exchange, the example says goodbye: filler questions
+        traded back and forth were most of the old runs' lines."""
         other = conv.other(self.name).split()[0]
-        if len(conv.turns) >= self.society.conversations.max_turns - 2:
+        if len(conv.turns) >= self.society.conversations.max_turns - 2 or (topic is None and len(conv.turns) >= 2):
             return f"It was good to see you, {other}. Goodbye!", True
-        said = " ".join(t for _, t, _ in conv.turns)
-        tell = next(
-            (
-                r.memory.text
-                for r in got
-                if r.memory.kind not in ("observation", "plan") and r.memory.text[:40] not in said
-            ),
-            "",
-        )
         opener = f"Hi {other}! " if not conv.turns else ""
-        return (opener + (tell or "How has your day been?"))[:160], False
+        if topic is not None:
+            return (opener + speakable(topic.memory.text))[:160], False
+        return (opener + f"What are you up to at {conv.place.split(':')[0]} today, {other}?")[:160], False
+
+    def pick_line(
+        self, outs: Sequence[Utterance | None], conv: Conversation, topic: Retrieved | None, example: str, end: bool
+    ) -> Line | None:
+        """The best candidate: free of the four faults (``lines``), then on topic and new to the conversation
+        (MiniLM cosines); the example itself when every candidate has a fault and it has none. Ties go to
+        the lower sample index, so the choice depends on the samples only."""
+        names = [r.name for r in self.town.residents]
+        cands = []
+        for out in outs:
+            text = lines.strip_prefixes(out.says, names) if out is not None else ""
+            if text:
+                cands.append((text, out.end))  # type: ignore[union-attr]
+        if not cands:
+            return None
+        conversation = [t for _, t, _ in conv.turns]
+        texts = [c for c, _ in cands] + [example] + conversation + ([topic.memory.text] if topic else [])
+        vec = self.society.embed(texts)
+        k = len(cands)
+        conv_vec, topic_vec = vec[k + 1 : k + 1 + len(conversation)], vec[-1] if topic else None
+
+        def rank(i: int, text: str) -> tuple[int, float, float]:
+            bad = len(lines.faults(text, conversation, self.society.said, names))
+            on_topic = float(vec[i] @ topic_vec) if topic_vec is not None else 0.0
+            novelty = 1.0 - (float((conv_vec @ vec[i]).max()) if len(conversation) else 0.0)
+            return bad, on_topic + novelty, on_topic
+
+        ranked = [rank(i, t) for i, (t, _) in enumerate(cands)]
+        best = min(range(k), key=lambda i: (ranked[i][0], -ranked[i][1], i))
+        text, stop = cands[best]
+        bad, _, on_topic = ranked[best]
+        if bad and not rank(k, example)[0]:
+            text, stop, on_topic = example, end, rank(k, example)[2]
+        return Line(text, stop, topic is not None and on_topic >= TELLS)
 
     def finish(self, conv: Conversation) -> None:
-        """Both remember the conversation; the social graph records it."""
+        """Both remember the conversation, and each what the other told them (news they may pass on, in
+        words that carry no "Name:" prefix); the social graph records it."""
         town = self.town
         for name in (conv.a, conv.b):
             other = conv.other(name)
             said = " ".join(f"{s.split()[0]}: {t}" for s, t, _ in conv.turns)
             mind: Citizen = town.resident(name)  # type: ignore[assignment]
             mind.remember("conversation", f"I talked with {other} at {conv.place.split(':')[0]}. {said}"[:700])
+            for speaker, line in conv.news:
+                if speaker != name:
+                    mind.remember("heard", f"{speaker.split()[0]} told me: {line}")
         town.social.record_interaction(conv.a, conv.b, town.steps)
         self.log("conversation_end", conversation=conv.id, other=conv.b, turns=len(conv.turns), reason=conv.end_reason)
 
@@ -438,10 +603,16 @@ class Citizen(Resident):
 
     async def interview(self, question: str) -> str:
         """Answer in character from retrieved memories (does not change what the resident remembers)."""
+        return (await self.interview_cited(question))[0]
+
+    async def interview_cited(self, question: str) -> tuple[str, list[str]]:
+        """The answer and the memories it cites (the schema lets it cite only the numbered ones shown)."""
         got = self.recall(question, 6, touch=False)
         msgs = prompts.interview(self.system_text, self._time(), question, [r.memory.text for r in got])
-        out = await self.society.ask("interview", self.name, msgs, Answer, seed_key=question)
-        return out.answer if out is not None else "(no answer)"
+        out = await self.society.ask("interview", self.name, msgs, cited_answer(len(got)), seed_key=question)
+        if out is None:
+            return "(no answer)", []
+        return out.answer, [got[i - 1].memory.text for i in sorted(set(out.because)) if 1 <= i <= len(got)]
 
     async def interview_yes_no(self, question: str) -> bool:
         """A yes/no interview question (the paper's "Do you know X?"), answered from retrieved memories."""
@@ -493,6 +664,9 @@ class Citizen(Resident):
             "last_seen": self.last_seen,
             "using": self.using,
             "current": asdict(self.current) if self.current else None,
+            "told": self.told,
+            "my_lines": self.my_lines,
+            "event_choices": self.event_choices,
         }
 
     def load_mind_state(self, state: dict) -> None:
@@ -503,6 +677,9 @@ class Citizen(Resident):
         self.last_seen = {k: int(v) for k, v in state["last_seen"].items()}
         self.using = state["using"]
         self.current = Slot(**state["current"]) if state["current"] else None
+        self.told = {k: [int(x) for x in v] for k, v in state.get("told", {}).items()}  # older runs: none
+        self.my_lines = list(state.get("my_lines", []))
+        self.event_choices = {k: bool(v) for k, v in state.get("event_choices", {}).items()}
 
 
 def _slot_json(s: Slot) -> dict:

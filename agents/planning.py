@@ -79,6 +79,20 @@ def sequence_slots(
     return cover(items, start, end, fallback)
 
 
+def insert(slots: list[Slot], new: Slot) -> list[Slot]:
+    """``slots`` with ``new`` laid over them: what it overlaps is cut back, split around it if need be."""
+    out = []
+    for s in slots:
+        if s.end <= new.start or s.start >= new.end:
+            out.append(s)
+            continue
+        if s.start < new.start:
+            out.append(Slot(s.start, new.start, s.activity, s.place, s.emoji))
+        if s.end > new.end:
+            out.append(Slot(new.end, s.end, s.activity, s.place, s.emoji))
+    return sorted([*out, new], key=lambda s: s.start)
+
+
 def slot_at(slots: list[Slot], minute: int) -> Slot | None:
     """The slot covering ``minute`` (also tried a day later, for after-midnight slots)."""
     for m in (minute, minute + 24 * 60):

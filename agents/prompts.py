@@ -73,13 +73,25 @@ def importance(text: str) -> Messages:
     return chat(IMPORTANCE_SYSTEM, f"Memory: {text}")
 
 
-def day_plan(sys: str, date: str, memories: Sequence[str], example: Sequence[str], wake: str) -> Messages:
-    """``example`` is built from the resident's own routine: a small model copies examples, so they must fit."""
+def _events(events: Sequence[str]) -> tuple[str, dict]:
+    """The known events as a question and the example's answer: going to the first (why: the invitation)."""
+    if not events:
+        return "", {}
+    ask = f'\nYou know of: {"; ".join(events)}. In "event", name the one you will go to, or "none"; say why.'
+    return ask, {"event": events[0], "why": "I was invited and want to go"}
+
+
+def day_plan(
+    sys: str, date: str, memories: Sequence[str], example: Sequence[str], wake: str, events: Sequence[str] = ()
+) -> Messages:
+    """``example`` is built from the resident's own routine: a small model copies examples, so they must fit.
+    ``events``: the labels of the events the resident knows of today, offered as the plan's ``event``."""
+    ask, choice = _events(events)
     return chat(
         sys,
-        f"It is {date}, morning. You remember:\n{_bullets(memories)}\n"
+        f"It is {date}, morning. You remember:\n{_bullets(memories)}{ask}\n"
         "When do you wake up, and what 3 to 6 things will you do today? Example: "
-        + json.dumps({"wake_up": wake, "plan": list(example)}, ensure_ascii=False),
+        + json.dumps({"wake_up": wake, "plan": list(example), **choice}, ensure_ascii=False),
     )
 
 
@@ -93,16 +105,29 @@ def schedule(sys: str, date: str, plan: Sequence[str], wake: str, sleep: str, ex
 
 
 def hour_plan(
-    sys: str, time: str, until: str, activity: str, place: str, emoji: str, memories: Sequence[str], note: str = ""
+    sys: str,
+    time: str,
+    until: str,
+    activity: str,
+    place: str,
+    emoji: str,
+    memories: Sequence[str],
+    note: str = "",
+    events: Sequence[str] = (),
 ) -> Messages:
+    """``events``: events heard of since the day was planned, offered as the plan's ``event``."""
     extra = f"\n{note}" if note else ""
+    ask, choice = _events(events)
     first = {"minutes": 10, "action": activity, "emoji": emoji, "place": place}
+    example = json.dumps({"actions": [first]}, ensure_ascii=False)[:-2] + ", ...]"
+    if choice:
+        example += ", " + json.dumps(choice, ensure_ascii=False)[1:-1]
     return chat(
         sys,
         f"It is {time}. Your schedule says: {activity} at {place}, until {until}.{extra}\n"
-        f"You remember:\n{_bullets(memories)}\n"
+        f"You remember:\n{_bullets(memories)}{ask}\n"
         f"Break the time from {time} to {until} into steps of 5, 10 or 15 minutes: what you do, an emoji and "
-        "the place. Example: " + json.dumps({"actions": [first]}, ensure_ascii=False)[:-2] + ", ...]}",
+        "the place. Example: " + example + "}",
     )
 
 
@@ -125,6 +150,17 @@ def reaction(
     )
 
 
+# The utterance prompt's instructions, also what `lines.leaks` looks for in a line (the model repeating them).
+UTTERANCE_INSTRUCTIONS = (
+    "one or two short sentences",
+    "Set end to true to say goodbye",
+    "Conversation so far",
+    "you speak first",
+    "your next line",
+    "Answer in JSON",
+)
+
+
 def utterance(
     sys: str,
     time: str,
@@ -135,17 +171,20 @@ def utterance(
     turns: Sequence[tuple[str, str]],
     example: str,
     example_end: bool,
+    topic: str = "",
 ) -> Messages:
-    """``example`` is built by the mind from what it remembers: SmolLM2-135M echoes the example's line, so a
-    line made of a memory is how a small model brings up what is on its mind (and how news travels)."""
+    """``example`` is built by the mind from ``topic`` (what it wants to tell): SmolLM2-135M echoes the
+    example's line, so a line made of a memory is how a small model brings up what is on its mind (and how
+    news travels)."""
     so_far = "\n".join(f"{who}: {text}" for who, text in turns) if turns else "(you speak first)"
     about = f" ({note})" if note else ""
+    want = f"You want to tell {other}: {topic}\n" if topic else ""
     return chat(
         sys,
         f"It is {time}, at {place}. You are talking with {other}{about}.\n"
         f"You remember:\n{_bullets(memories)}\n"
-        f"Conversation so far:\n{so_far}\n"
-        f"Say your next line to {other}: one or two short sentences. Set end to true to say goodbye. Example: "
+        f"Conversation so far:\n{so_far}\n{want}"
+        f"Say your next line to {other}: {UTTERANCE_INSTRUCTIONS[0]}. {UTTERANCE_INSTRUCTIONS[1]}. Example: "
         + json.dumps({"says": example, "end": example_end}, ensure_ascii=False),
     )
 
@@ -170,15 +209,22 @@ def insights(sys: str, question: str, memories: Sequence[str]) -> Messages:
 
 def interview(sys: str, time: str, question: str, memories: Sequence[str], *, yes_no: bool = False) -> Messages:
     """The example answer is the best-ranked memory (or "I don't know"), never a fixed sentence: the
-    135M model echoes a fixed example ("Yes, Lena told me …") whatever it remembers."""
+    135M model echoes a fixed example ("Yes, Lena told me …") whatever it remembers. An open answer cites
+    the numbered memories it rests on (``schemas.cited_answer``)."""
     if yes_no:
         how = (
             'Answer "yes" if what you remember shows it, else "no". '
             'Examples: {"answer": "no"} when you remember nothing about it; {"answer": "yes"} when you do.'
         )
+        listed = _bullets(memories)
     else:
-        example = memories[0] if memories else "I don't know."
-        how = "Answer in character, in one to three sentences, only from what you remember. Example: " + json.dumps(
-            {"answer": example[:200]}, ensure_ascii=False
+        example = (
+            {"answer": memories[0][:200], "because": [1]} if memories else {"answer": "I don't know.", "because": []}
         )
-    return chat(sys, f"It is {time}. Someone asks you: {question}\nWhat you remember:\n{_bullets(memories)}\n{how}")
+        how = (
+            'Answer in character, in one to three sentences, only from what you remember; in "because", give the '
+            "numbers of the memories your answer rests on ([] if none). Example: "
+            + json.dumps(example, ensure_ascii=False)
+        )
+        listed = _numbered(memories)
+    return chat(sys, f"It is {time}. Someone asks you: {question}\nWhat you remember:\n{listed}\n{how}")

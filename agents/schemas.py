@@ -8,6 +8,7 @@ Schemas that depend on the town are built once per town by ``TownSchemas``.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
@@ -20,6 +21,7 @@ EMOJIS = (
 )  # fmt: skip
 
 Say = Field(min_length=1, max_length=160)
+NO_EVENT = "none"  # the event option of a plan that goes to none of the known events
 Short = Field(min_length=1, max_length=48)
 
 
@@ -55,6 +57,19 @@ class Answer(BaseModel):
     answer: str = Field(min_length=1, max_length=300)
 
 
+@cache
+def cited_answer(n_memories: int) -> type[BaseModel]:
+    """An interview answer that names the numbered memories it rests on (none: it knows nothing of it),
+    so a measure can check the memories rather than the answer's words."""
+    index = Literal[tuple(range(1, max(n_memories, 1) + 1))]  # type: ignore[valid-type]
+    return create_model(
+        "Answer",
+        answer=(str, Field(min_length=1, max_length=300)),
+        because=(list[index], Field(max_length=3)),
+        __doc__="An interview answer, in character, citing its memories.",
+    )
+
+
 class YesNo(BaseModel):
     """A yes/no interview answer."""
 
@@ -66,6 +81,7 @@ class TownSchemas:
 
     def __init__(self, places: list[str]) -> None:
         self.places = list(places)
+        self._with_event: dict[tuple[str, tuple[str, ...]], type[BaseModel]] = {}
         place = Literal[tuple(self.places)]  # type: ignore[valid-type]
         emoji = Literal[EMOJIS]  # type: ignore[valid-type]
         wake = Literal[tuple(format_minutes(m) for m in range(5 * 60, 10 * 60 + 1, 30))]  # type: ignore[valid-type]
@@ -91,6 +107,18 @@ class TownSchemas:
         self.HourPlan = create_model(
             "HourPlan", actions=(list[self.Step], Field(min_length=2, max_length=4)), __doc__="An hour, in 5–15 min."
         )
+
+    def with_event(self, plan: type[BaseModel], labels: tuple[str, ...]) -> type[BaseModel]:
+        """``plan`` (DayPlan or HourPlan) with a choice among the known events ("none": not going) and why."""
+        key = (plan.__name__, labels)
+        if key not in self._with_event:
+            self._with_event[key] = create_model(
+                plan.__name__,
+                __base__=plan,
+                event=(Literal[(*labels, NO_EVENT)], ...),  # type: ignore[valid-type]
+                why=(str, Short),
+            )
+        return self._with_event[key]
 
     def insights(self, n_memories: int) -> type[BaseModel]:
         """Reflection, second half: insights that cite the numbered memories they rest on."""

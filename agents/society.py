@@ -27,7 +27,7 @@ from simulacra.inference.port import LLM, RequestError, call_meta
 
 from . import prompts
 from .conversation import Conversations
-from .facts import FactTracker, TrackedFact
+from .facts import FactTracker, TownEvent, TrackedFact
 from .memory import Memory, MemoryStore, MemoryStream
 from .retrieval import RetrievalWeights
 from .schemas import Importance
@@ -52,6 +52,8 @@ class MindConfig:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
+    line_candidates: int = 4  # samples per conversation line (they share the prompt's KV blocks), reranked
+    no_repeat_ngram: int = 4  # a line may not repeat this many tokens in a row of the conversation (0: off)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Society:
         residents: Sequence[str],
         town_text: str,
         facts: Sequence[TrackedFact] = (),
+        events: Sequence[TownEvent] = (),
         config: MindConfig | None = None,
     ) -> None:
         self.llm = llm
@@ -132,6 +135,7 @@ class Society:
         self.town_text = town_text
         self.memories = MemoryStore(list(residents))
         self.facts = FactTracker(list(facts))
+        self.events = list(events)  # what residents may hear of and plan to go to
         self.conversations = Conversations(self.config.max_turns)
         self.stats: dict[str, KindStats] = defaultdict(KindStats)
         self.step = -1
@@ -145,6 +149,8 @@ class Society:
         self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
         self._scores: list[tuple[int, MemoryStream, list[Memory], list[int]]] = []  # applied by end_step
         self.busy: frozenset[str] = frozenset()  # residents in a conversation at the start of the step
+        self.said: set[str] = set()  # normalised conversation lines of earlier steps (what "duplicate" means)
+        self._said_now: list[str] = []  # this step's, added to `said` by end_step (not as calls finish)
 
     async def ask(
         self,
@@ -157,6 +163,30 @@ class Society:
         seed_key: str | None = None,
     ) -> Any:
         """One structured call; the validated object, or None when the output was cut short or refused."""
+        result = await self._generate(kind, resident, messages, schema, temperature=temperature, seed_key=seed_key)
+        return result.parsed if result is not None else None
+
+    async def ask_samples(
+        self, kind: str, resident: str | None, messages: prompts.Messages, schema: type[BaseModel], **sampling: Any
+    ) -> list[Any]:
+        """One structured call for several candidates (``n``, penalties: the port's sampling keywords); their
+        validated objects, None for each one cut short. The samples share the prompt's KV blocks."""
+        result = await self._generate(kind, resident, messages, schema, **sampling)
+        if result is None:
+            return []
+        return [s.parsed for s in result.samples] if result.samples else [result.parsed]
+
+    async def _generate(
+        self,
+        kind: str,
+        resident: str | None,
+        messages: prompts.Messages,
+        schema: type[BaseModel],
+        *,
+        temperature: float | None = None,
+        seed_key: str | None = None,
+        **sampling: Any,
+    ) -> Any:
         n_key = (resident, self.step, kind, seed_key)
         n = self._call_n[n_key]
         self._call_n[n_key] += 1
@@ -174,6 +204,7 @@ class Society:
                     temperature=temp,
                     top_p=self.config.top_p,
                     seed=seed,
+                    **sampling,
                 )
         except RequestError:
             stats.invalid += 1
@@ -185,7 +216,7 @@ class Society:
         stats.completion_tokens += result.completion_tokens
         if result.parsed is None:
             stats.invalid += 1
-        return result.parsed
+        return result
 
     async def importance(self, text: str) -> int:
         """1–10, asked once per distinct text (concurrent askers share the one call), blended with the prior."""
@@ -221,6 +252,12 @@ class Society:
             for m, score in zip(memories, scores, strict=True):
                 stream.set_importance(m, score)
         self._scores.clear()
+        self.said.update(self._said_now)
+        self._said_now.clear()
+
+    def spoke(self, normalised_line: str) -> None:
+        """A conversation line was said this step: a duplicate for everyone from the next step on."""
+        self._said_now.append(normalised_line)
 
     def importance_prior(self, text: str) -> float:
         """1..10 from how much closer ``text`` is to poignant than to routine prototypes (MiniLM cosine)."""
@@ -280,6 +317,7 @@ class Society:
             "memories": self.memories.state_dict(),
             "importance": dict(self._importance),
             "stats": {k: vars(v) for k, v in self.stats.items()},
+            "said": sorted(self.said),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -289,6 +327,7 @@ class Society:
         self.memories.load_state_dict(state["memories"])
         self._importance = {k: int(v) for k, v in state["importance"].items()}
         self.stats = defaultdict(KindStats, {k: KindStats(**v) for k, v in state["stats"].items()})
+        self.said = set(state.get("said", ()))  # runs saved before 2026-12-03 did not keep it
 
     def call_stats(self) -> dict[str, dict[str, float]]:
         """Per purpose: calls, invalid outputs, tokens, prefix-cache hit rate, wall seconds."""

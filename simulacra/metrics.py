@@ -2,9 +2,11 @@
 
 Ground truth (what Park et al. could not see): who knows each tracked fact, from whom (the
 ``FactTracker``'s provenance); the acquaintance graph's density; who was at a seeded event's place
-during its hours. Interviews (what they did): every resident is asked the scenario's questions;
-an answer counts as knowing a fact when it names the fact's holder or one of its keywords; a
-"knowing" answer with no ground truth behind it is counted as unsupported (a hallucination).
+during its hours. Interviews (what they did): every resident is asked the scenario's questions and
+cites the numbered memories its answer rests on; an answer counts as knowing a fact when a cited
+memory tells of it (the fact's keywords in the memory, not in the answer: a 135M model echoes the
+question's words). An answer that claims it in words (holder or keyword, not "I don't know") with
+no such memory, or knowing with no ground truth behind it, is unsupported (a hallucination).
 
 What a ``Simulation`` knows of itself it reports (``step_metrics``, ``coordination``); this module
 adds what needs the run's ``run.db`` (why invited residents stayed away), the interviews and the
@@ -22,6 +24,8 @@ from simulacra.simulation import Simulation
 from simulacra.storage import RunStore
 from simulacra.world import parse_time_of_day
 
+DONT_KNOW = re.compile(r"\b(don't know|do not know|no idea|not sure|never heard|haven't heard|have not heard)\b", re.I)
+
 
 def _mentions(text: str, words: list[str]) -> bool:
     return any(re.search(r"\b" + re.escape(w) + r"\b", text, re.IGNORECASE) for w in words if w)
@@ -35,20 +39,24 @@ async def interview_facts(sim: Simulation) -> dict[str, Any]:
     for iv in d.measurement.interviews:
         for r in sim.residents:
             for q in iv.questions:
-                jobs.append((iv.fact, r.name, q, r.interview(q)))
+                jobs.append((iv.fact, r.name, q, r.interview_cited(q)))
     answers = await asyncio.gather(*(j[3] for j in jobs))
+    tracker = sim.society.facts
     out: dict[str, Any] = {}
-    for (fid, name, q, _), a in zip(jobs, answers, strict=True):
+    for (fid, name, q, _), (a, cited) in zip(jobs, answers, strict=True):
         info = facts[fid]
-        words = [*info.keywords, *info.holder.split()]
-        f = out.setdefault(fid, {"answers": {}, "knows": set()})
-        f["answers"].setdefault(name, []).append({"question": q, "answer": a})
-        if _mentions(a, words):
+        f = out.setdefault(fid, {"answers": {}, "knows": set(), "claims": set()})
+        supported = not DONT_KNOW.search(a) and any(fid in tracker.mentions(m) for m in cited)
+        f["answers"].setdefault(name, []).append({"question": q, "answer": a, "because": cited, "supported": supported})
+        if supported:
             f["knows"].add(name)
+        if not DONT_KNOW.search(a) and _mentions(a, [*info.keywords, *info.holder.split()]):
+            f["claims"].add(name)
     for fid, f in out.items():
-        truth = set(sim.society.facts.known[fid])
-        f["unsupported"] = sorted(f["knows"] - truth)
-        f["knows"] = sorted(f["knows"])
+        truth = set(tracker.known[fid])
+        # claiming in words with no cited memory behind it, or citing memories that are not really known
+        f["unsupported"] = sorted((f.pop("claims") - f["knows"]) | (f["knows"] - truth))
+        f["knows"] = sorted(f["knows"] & truth)
     return out
 
 
@@ -79,8 +87,17 @@ def coordination(sim: Simulation, store: RunStore | None = None) -> dict[str, An
         if sim.town.steps >= sim.town.clock.step_of(ev.start):
             present = sim.attendance.get(eid, set())
             where, planned = whereabouts(store, sim, ev), planned_to_attend(store, sim, ev)
+            choices = {e["resident"]: e for e in store.events() if e["kind"] == "event_choice" and e["event"] == eid}
             absent = [n for n in c["invited"] if n not in present]
-            c["absent"] = {n: {"planned": n in planned, "where": where.get(n, "")} for n in absent}
+            c["absent"] = {
+                n: {
+                    "planned": n in planned,
+                    "where": where.get(n, ""),
+                    # the plan's own answer: chose another thing and why, or None (never offered: heard too late)
+                    "choice": {k: choices[n][k] for k in ("go", "why", "plan")} if n in choices else None,
+                }
+                for n in absent
+            }
     return out
 
 

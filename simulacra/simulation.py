@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from simulacra.agents import Citizen, MindConfig, Society, TrackedFact, attach_minds
+from simulacra.agents import Citizen, MindConfig, Society, TownEvent, TrackedFact, attach_minds
 from simulacra.agents.society import TextEmbedder
 from simulacra.backend import Backend, make_llm
 from simulacra.inference.port import LLM
@@ -63,6 +63,10 @@ class Simulation:
             residents=names,
             town_text=town_text(scenario),
             facts=tracked_facts(scenario),
+            events=[
+                TownEvent(e.id, e.title, e.host, e.place, e.start, e.end, e.information)
+                for e in scenario.definition.events
+            ],
             config=config or mind_config(scenario, self.seed),
         )
         seeds: dict[str, list[str]] = {}

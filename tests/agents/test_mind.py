@@ -24,6 +24,7 @@ def who(prompt: str) -> str:
 
 def simulation(answers=None, *, latency: float = 0.0, **config) -> tuple[Simulation, ScriptedLLM]:
     llm = ScriptedLLM(by_kind(answers), latency=latency)
+    config.setdefault("line_candidates", 1)  # one scripted answer per line (candidates: test_lines.py)
     sim = Simulation(TOWN3, llm, WordEmbedder(), seed=5, config=MindConfig(seed=5, **config))
     return sim, llm
 
@@ -121,6 +122,20 @@ async def test_reflection_triggers_on_summed_importance_and_links_evidence() -> 
     assert len(questions) == 3  # everyone scored 9 per memory and reflected once
 
 
+# distinct lines (near-copies of an earlier line are echoes, which the mind replaces)
+TOPICS = (
+    "the bakery opens early on weekdays",
+    "my sister is visiting from the coast",
+    "rain is coming over the hills tonight",
+    "the library has new books on birds",
+    "our roof needs fixing before winter",
+    "someone painted the old bridge green",
+    "the market sells plums this week",
+    "a fox crossed the square at dawn",
+    "the choir practises on Tuesday nights",
+)
+
+
 def talk_script(end_after: int | None = None, mention: str = ""):
     turns = {"n": 0}
 
@@ -135,7 +150,7 @@ def talk_script(end_after: int | None = None, mention: str = ""):
     def utter(prompt, schema):
         turns["n"] += 1
         speaker = who(prompt)
-        text = f"{speaker} says line {turns['n']}" + (
+        text = f"{speaker} says line {turns['n']}: {TOPICS[turns['n'] % len(TOPICS)]}" + (
             f" about the {mention}" if mention and speaker == "Cora Lind" else ""
         )
         return {"says": text, "end": end_after is not None and turns["n"] >= end_after}
@@ -221,7 +236,11 @@ async def test_a_failed_call_falls_back_to_the_schedule() -> None:
 async def test_interview_answers_from_retrieved_memories_without_touching_them() -> None:
     def answer(prompt, schema):
         remembered = prompt.split("What you remember:")[1].split("Answer in character")[0]
-        return {"answer": "Yes, at five." if "tasting" in remembered else "No idea."}
+        return (
+            {"answer": "Yes, at five.", "because": [1]}
+            if "tasting" in remembered
+            else {"answer": "No idea.", "because": []}
+        )
 
     sim, _ = simulation({"Reaction": continue_reaction, "Answer": answer})
     await sim.astep()
@@ -229,6 +248,8 @@ async def test_interview_answers_from_retrieved_memories_without_touching_them()
     before = [m.last_retrieved_at for m in cora.stream.memories]
     reply = await sim.interview("Cora Lind", "Is there a tasting at Pell Café?")
     assert reply == "Yes, at five."
+    _, cited = await cora.interview_cited("Is there a tasting at Pell Café?")
+    assert len(cited) == 1 and cited[0] in [m.text for m in cora.stream.memories]  # the memory numbered 1
     assert [m.last_retrieved_at for m in cora.stream.memories] == before
 
 

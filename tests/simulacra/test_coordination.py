@@ -10,6 +10,7 @@ from simulacra.metrics import (
     coordination,
     interview_all,
     interview_coordination,
+    interview_facts,
     planned_to_attend,
     whereabouts,
 )
@@ -87,7 +88,10 @@ def test_whereabouts_is_what_each_resident_mostly_did_during_the_event() -> None
 
 def test_absent_invitees_get_ground_truth_and_an_interview() -> None:
     def answer(prompt, schema):
-        return {"answer": "I had to work late." if "You are Ada Quill" in prompt else "I forgot about it."}
+        return {
+            "answer": "I had to work late." if "You are Ada Quill" in prompt else "I forgot about it.",
+            "because": [],
+        }
 
     sim = sim_at_step(80, {"Answer": answer})
     ev = sim.scenario.definition.events[0]
@@ -104,7 +108,7 @@ def test_absent_invitees_get_ground_truth_and_an_interview() -> None:
     )
     c = coordination(sim, store)["party"]
     assert c["invited"] == sorted(guests) and c["attended"] == []  # the host is not an invitee
-    assert c["absent"][guests[0]] == {"planned": True, "where": "reading (home)"}
+    assert c["absent"][guests[0]] == {"planned": True, "where": "reading (home)", "choice": None}
     assert c["absent"][guests[1]]["planned"] is False
     said = asyncio.run(interview_coordination(sim, {"party": c}))["party"]
     assert set(said["answers"]) == set(c["absent"])
@@ -130,12 +134,21 @@ def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None
         afternoon = int(re.search(r"It is (\d\d):", prompt).group(1)) >= 16
         place = {"Cora Lind": "Pell Café", "Ada Quill": "Pell Green" if afternoon else "Pell Café:counter"}
         step = {"minutes": 15, "action": "pruning roses", "emoji": "🌹", "place": place.get(who(prompt), "Ash House")}
+        if "event" in schema.model_fields:  # the tasting is offered once Ada has heard of it: she says no
+            return {"actions": [step] * 4, "event": "none", "why": "the roses need me"}
         return {"actions": [step] * 4}
 
     def answer(prompt, schema):
         if "why not" in prompt:
-            return {"answer": "No, I had to work late." if who(prompt) == "Ada Quill" else "I was there."}
-        return {"answer": "Cora's tasting at five." if who(prompt) != "Ben Quill" else "Nothing that I know of."}
+            return {
+                "answer": "No, I had to work late." if who(prompt) == "Ada Quill" else "I was there.",
+                "because": [],
+            }
+        if who(prompt) == "Ben Quill":
+            return {"answer": "Nothing that I know of.", "because": []}
+        # cites the numbered memories that mention the tasting, as the schema asks
+        cited = [int(n) for n, text in re.findall(r"^(\d+)\. (.*)$", prompt, re.M) if "tasting" in text.lower()]
+        return {"answer": "Cora's tasting at five.", "because": cited[:3]}
 
     script = by_kind({"Reaction": talk, "Utterance": says, "HourPlan": hour, "Answer": answer})
     run = Run.create(TOWN3, out=tmp_path, seed=3, hours=11, llm=ScriptedLLM(script), embedder=WordEmbedder())
@@ -144,7 +157,8 @@ def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None
     assert run.sim.town.now == ev.end  # the run covered the whole event
     truth = coordination(run.sim, run.store)["party"]
     assert truth["invited"] == ["Ada Quill"] and truth["attended"] == []
-    assert truth["absent"] == {"Ada Quill": {"planned": False, "where": "pruning roses (Pell Green)"}}
+    choice = {"go": False, "why": "the roses need me", "plan": "hour_plan"}
+    assert truth["absent"] == {"Ada Quill": {"planned": False, "where": "pruning roses (Pell Green)", "choice": choice}}
 
     got = asyncio.run(interview_all(run.sim, run.store))
     asyncio.run(run.aclose())
@@ -152,9 +166,30 @@ def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None
     asked = got["facts"]["party"]["answers"]
     assert set(asked) == {"Ada Quill", "Ben Quill", "Cora Lind"}
     assert asked["Ben Quill"][0]["answer"] == "Nothing that I know of."
-    assert "Ben Quill" not in got["facts"]["party"]["knows"]
+    assert got["facts"]["party"]["knows"] == ["Ada Quill", "Cora Lind"]  # their cited memories tell of it
+    assert got["facts"]["party"]["unsupported"] == []
+    assert asked["Ada Quill"][0]["supported"] and any("tasting" in m.lower() for m in asked["Ada Quill"][0]["because"])
     assert got["relationships"]["density"] > 0  # they all talked
     said = got["coordination"]["party"]
     assert said["question"] == "Did you go to Coffee tasting at Pell Café? If not, why not?"
     # only the absent invitee is asked, and her answer names a conflict her plans did not show
     assert said["answers"] == {"Ada Quill": {"answer": "No, I had to work late.", "names_conflict": True}}
+
+
+def test_knowing_is_judged_by_the_cited_memories_not_the_answers_words() -> None:
+    """Cora (the holder) cites her memory of the tasting; Ada names it with nothing behind it; Ben echoes
+    the question's words while saying he does not know."""
+
+    def answer(prompt, schema):
+        name = re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
+        listed = re.findall(r"^(\d+)\. (.*)$", prompt, re.M)
+        if name == "Cora Lind":
+            return {"answer": "My tasting, at five.", "because": [int(n) for n, t in listed if "tasting" in t][:1]}
+        if name == "Ada Quill":
+            return {"answer": "There is a tasting at the café.", "because": []}
+        return {"answer": "I don't know of any tasting or party.", "because": []}
+
+    sim = sim_at_step(1, {"Answer": answer})
+    got = asyncio.run(interview_facts(sim))["party"]
+    assert got["knows"] == ["Cora Lind"]
+    assert got["unsupported"] == ["Ada Quill"]  # claimed in words, no memory cited
