@@ -39,7 +39,7 @@ from .planning import Slot, insert, schedule_slots, sequence_slots, slot_at
 from .schemas import Questions, Reaction, TownSchemas, Utterance, YesNo, cited_answer
 from .society import Society
 
-TOPIC_KINDS = ("seed", "heard", "reflection", "plan")  # what a resident may tell (observations are not news)
+NEWS_KINDS = ("seed", "heard", "reflection")  # what a resident may tell first (observations are not news)
 PLAN_PREFIX = "My plan for"
 TOPIC_POOL = 8  # memories considered for a line's topic
 MY_LINES = 8  # own lines a new line may not repeat
@@ -447,18 +447,20 @@ class Citizen(Resident):
         return Utterance(says=said.says, end=said.end)
 
     def topic(self, conv: Conversation) -> Retrieved | None:
-        """The best-ranked memory worth telling this partner: known to me (seeded, heard or concluded), not
-        told them before, not said in this conversation, and not something they told me."""
+        """The best-ranked memory worth telling this partner: known to me (seeded, heard or concluded; else
+        my plan for the day), not told them before, not said in this conversation, not something they told me.
+        Measured on town25: with plans ranked alongside news, the day's plan (recent) opened most talks."""
         other = conv.other(self.name)
         last = conv.turns[-1][1] if conv.turns else ""
         told = set(self.told.get(other, ()))
         said = lines.normalise(" ".join(t for _, t, _ in conv.turns))
         theirs = f"{other.split()[0]} told me:"
-        for r in self.recall(f"{other} {last}".strip(), TOPIC_POOL, touch=False, kinds=TOPIC_KINDS):
-            m = r.memory
-            if m.seq in told or m.text.startswith(theirs) or lines.normalise(m.text)[:40] in said:
-                continue
-            return r
+        for kinds in (NEWS_KINDS, ("plan",)):  # news first; the day's plan when there is none left
+            for r in self.recall(f"{other} {last}".strip(), TOPIC_POOL, touch=False, kinds=kinds):
+                m = r.memory
+                if m.seq in told or m.text.startswith(theirs) or lines.normalise(m.text)[:40] in said:
+                    continue
+                return r
         return None
 
     def example_line(self, conv: Conversation, topic: Retrieved | None) -> tuple[str, bool]:
