@@ -72,11 +72,16 @@ class FactTracker:
         """The ids of the facts a text mentions."""
         return [fid for fid, pat in self._patterns.items() if pat.search(text)]
 
-    def tells_of(self, event: TownEvent, text: str) -> bool:
-        """Whether ``text`` (a memory) tells of ``event``: it mentions the announcing fact, or names the event."""
-        if event.information in self._patterns:
-            return bool(self._patterns[event.information].search(text))
-        return event.title.lower() in text.lower()
+    def heard_of(self, resident: str, event: TownEvent, memories: list[str]) -> bool:
+        """Whether ``resident`` has heard of ``event``: they host it, were told its announcing fact (by a line
+        that carried it, from someone who knew: the ground truth above), or, for an event no fact announces,
+        remember its title. Keywords alone are too loose a test (measured on a generated town: a barista's
+        "I work at Iqbal Café" matched the party's keyword "Iqbal Café")."""
+        if resident == event.host:
+            return True
+        if event.information in self.known:
+            return self.knows(resident, event.information)
+        return any(event.title.lower() in m.lower() for m in memories)
 
     def knows(self, resident: str, fact: str) -> bool:
         return resident in self.known[fact]

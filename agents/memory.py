@@ -28,9 +28,9 @@ class MemoryRecord(SQLModel, table=True):
 
     __tablename__ = "memory"
 
-    run_id: str = Field(default="", primary_key=True, sa_column_kwargs={"server_default": ""})  # see storage.RunRow
     resident: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)
+    run_id: str = Field(default="", primary_key=True, sa_column_kwargs={"server_default": ""})  # storage._run_key
     kind: str
     text: str
     created_step: int

@@ -44,6 +44,7 @@ PLAN_PREFIX = "My plan for"
 TOPIC_POOL = 8  # memories considered for a line's topic
 MY_LINES = 8  # own lines a new line may not repeat
 TELLS = 0.5  # cosine of a line to its topic above which the partner counts as told
+NEWS_WORDS = 5  # a shorter line tells nothing ("Carmen Grell" was remembered as news)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class Citizen(Resident):
             if ev.start.date() == today
             and ev.end > now
             and ev.id not in self.event_choices
-            and (ev.host == self.name or any(soc.facts.tells_of(ev, m.text) for m in self.stream.memories))
+            and soc.facts.heard_of(self.name, ev, [m.text for m in self.stream.memories])
         ]
 
     def is_chosen_event(self, slot: Slot) -> bool:
@@ -460,6 +461,8 @@ class Citizen(Resident):
                 m = r.memory
                 if m.seq in told or m.text.startswith(theirs) or lines.normalise(m.text)[:40] in said:
                     continue
+                if other in m.text:  # about them ("I live at 2 Cedar Lane with <them>"): they know it
+                    continue
                 return r
         return None
 
@@ -507,7 +510,7 @@ class Citizen(Resident):
         bad, _, on_topic = ranked[best]
         if bad and not rank(k, example)[0]:
             text, stop, on_topic = example, end, rank(k, example)[2]
-        return Line(text, stop, topic is not None and on_topic >= TELLS)
+        return Line(text, stop, topic is not None and on_topic >= TELLS and len(lines.words(text)) >= NEWS_WORDS)
 
     def finish(self, conv: Conversation) -> None:
         """Both remember the conversation, and each what the other told them (news they may pass on, in
