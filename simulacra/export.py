@@ -1,10 +1,10 @@
 """A run's database as analysis tables: events, memories, LLM calls and metrics, as Parquet or CSV.
 
-``run.db`` is built to resume and replay a run; researchers want flat tables for pandas, R or
-DuckDB. ``export_run`` writes one file per table into ``RUN/export/`` (the run's own folder, so the
-export travels with the run). Event payloads are flattened into columns where a field always holds
-one kind of plain value; anything else (lists, nested objects, mixed types) stays in a JSON
-``data`` column. Memory embeddings are left out (binary, and recomputable from the text).
+``run.db`` (or the run's rows in a shared database) is built to resume and replay a run; researchers
+want flat tables for pandas, R or DuckDB. ``export_run`` writes one file per table into ``RUN/export/``
+(the run's own folder, so the export travels with the run). Event payloads are flattened into
+columns where a field always holds one kind of plain value; anything else (lists, nested objects,
+mixed types) stays in a JSON ``data`` column. Memory embeddings are left out (binary, and recomputable from the text).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from simulacra.storage import CallRow, EventRow, MetricRow, RunStore, StepRow
 
 FORMATS = ("parquet", "csv")
 EVENT_COLUMNS = ["id", "step", "kind", "resident"]
-MEMORY_COLUMNS = [name for name in MemoryRecord.model_fields if name != "embedding"]  # the table, less the vectors
+MEMORY_COLUMNS = [n for n in MemoryRecord.model_fields if n not in ("embedding", "run_id")]  # less the vectors
 CALL_COLUMNS = [
     "id",
     "step",
@@ -52,14 +52,15 @@ def export_run(
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir)  # RunError for a folder that is not a run
     try:
+        key = store.key  # the run's rows (a shared database holds other runs' too)
         with Session(store.engine) as s:
             tables = {
-                "events": _events(s),
-                "memories": _memories(s),
-                "calls": _calls(s),
-                "metrics": _metrics(s),
+                "events": _events(s, key),
+                "memories": _memories(s, key),
+                "calls": _calls(s, key),
+                "metrics": _metrics(s, key),
             }
-            tables["metrics_wide"] = _metrics_wide(tables["metrics"], s)
+            tables["metrics_wide"] = _metrics_wide(tables["metrics"], s, key)
     finally:
         store.close()
     folder = Path(out) if out is not None else store.dir / "export"
@@ -91,8 +92,8 @@ def _flat_keys(payloads: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _events(s: Session) -> pd.DataFrame:
-    rows = s.exec(select(EventRow).order_by(col(EventRow.id))).all()
+def _events(s: Session, key: str) -> pd.DataFrame:
+    rows = s.exec(select(EventRow).where(EventRow.run_id == key).order_by(col(EventRow.id))).all()
     payloads = [json.loads(r.data) for r in rows]
     flat = _flat_keys(payloads)
     records = []
@@ -111,17 +112,18 @@ def _events(s: Session) -> pd.DataFrame:
     return pd.DataFrame(records, columns=[*EVENT_COLUMNS, *flat, "data"])
 
 
-def _memories(s: Session) -> pd.DataFrame:
-    rows = s.exec(select(MemoryRecord).order_by(col(MemoryRecord.resident), col(MemoryRecord.seq))).all()
+def _memories(s: Session, key: str) -> pd.DataFrame:
+    query = select(MemoryRecord).where(MemoryRecord.run_id == key)
+    rows = s.exec(query.order_by(col(MemoryRecord.resident), col(MemoryRecord.seq))).all()
     records = [{c: getattr(r, c) for c in MEMORY_COLUMNS} for r in rows]
     df = pd.DataFrame(records, columns=MEMORY_COLUMNS)
     df["importance"] = df["importance"].astype("Int64")  # unrated memories stay missing, not NaN floats
     return df
 
 
-def _calls(s: Session) -> pd.DataFrame:
+def _calls(s: Session, key: str) -> pd.DataFrame:
     records = []
-    for r in s.exec(select(CallRow).order_by(col(CallRow.id))).all():
+    for r in s.exec(select(CallRow).where(CallRow.run_id == key).order_by(col(CallRow.id))).all():
         rec = CallRecord.model_validate_json(r.record)
         records.append(
             {
@@ -142,15 +144,17 @@ def _calls(s: Session) -> pd.DataFrame:
     return pd.DataFrame(records, columns=CALL_COLUMNS)
 
 
-def _metrics(s: Session) -> pd.DataFrame:
-    rows = s.exec(select(MetricRow).order_by(col(MetricRow.step), col(MetricRow.name))).all()
+def _metrics(s: Session, key: str) -> pd.DataFrame:
+    query = select(MetricRow).where(MetricRow.run_id == key)
+    rows = s.exec(query.order_by(col(MetricRow.step), col(MetricRow.name))).all()
     return pd.DataFrame([(r.step, r.name, r.value) for r in rows], columns=METRIC_COLUMNS)
 
 
-def _metrics_wide(metrics: pd.DataFrame, s: Session) -> pd.DataFrame:
+def _metrics_wide(metrics: pd.DataFrame, s: Session, key: str) -> pd.DataFrame:
     """One row per step: simulated time, wall seconds and every metric as a column."""
+    query = select(StepRow).where(StepRow.run_id == key).order_by(col(StepRow.step))
     steps = pd.DataFrame(
-        [(r.step, r.sim_time, r.wall_s) for r in s.exec(select(StepRow).order_by(col(StepRow.step))).all()],
+        [(r.step, r.sim_time, r.wall_s) for r in s.exec(query).all()],
         columns=["step", "sim_time", "wall_s"],
     )
     if metrics.empty:

@@ -1,7 +1,8 @@
 """A durable run: a ``Simulation`` whose every step is committed to ``run.db`` and can be resumed or replayed.
 
 A run directory holds ``run.db``, ``scenario.yaml`` (the scenario as run) and ``meta.json`` (seed,
-model and its hash, backend, engine settings, versions). ``Run.create`` starts one, ``Run.open``
+model and its hash, backend, engine settings, versions); a run started with ``db`` (``--db postgresql://...``)
+keeps its rows in that database instead, and its ``meta.json`` says where. ``Run.create`` starts one, ``Run.open``
 continues one from its last committed step, ``replay`` re-executes one from its recorded LLM calls
 (no model needed) and reports whether the events come out identical.
 
@@ -50,6 +51,7 @@ from simulacra.storage import (
     StepData,
     damaged,
     fork_run,
+    holds_run,
     read_only,
     require_run_dir,
 )
@@ -151,8 +153,10 @@ class Run:
         embedder: TextEmbedder | None = None,
         config: MindConfig | None = None,
         run_dir: str | Path | None = None,
+        db: str | None = None,
     ) -> Run:
-        """Start a run: a fresh run directory with step 0 committed. ``llm`` overrides ``backend``."""
+        """Start a run: a fresh run directory with step 0 committed. ``llm`` overrides ``backend``. ``db``: a
+        PostgreSQL URL to keep the rows in, shared with other runs and workers (default: ``RUN/run.db``)."""
         scenario = load_scenario(scenario_path)
         d = scenario.definition
         seed = d.simulation.seed if seed is None else int(seed)
@@ -162,7 +166,7 @@ class Run:
             backend = backend or Backend("engine", d.model.path or "")
         target = scenario.max_steps if hours is None else scenario.clock.steps_in(hours)
         path = Path(run_dir) if run_dir else _unique_dir(Path(out), _slug(d.name), seed)
-        if (path / "run.db").exists():
+        if holds_run(path):
             raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
         made = not path.exists()
         try:
@@ -171,7 +175,7 @@ class Run:
             raise RunError(f"cannot create the run directory {path}: {exc.strerror}") from exc
         lock = RunLock(path).acquire()  # before anything is written: two creates of one directory collide here
         try:
-            if (path / "run.db").exists():
+            if holds_run(path):
                 raise RunError(f"{path} already holds a run; resume it with `simulacra resume {path}`")
             config = config or mind_config(scenario, seed)
             llm = llm or make_llm(backend)
@@ -189,7 +193,8 @@ class Run:
             }
             meta = {"scenario": d.name, "seed": seed, "model": model_path, "model_sha256": model_sha256, **settings}
             try:
-                store = RunStore(path, create=True)
+                store = RunStore(path, create=True, db=db)
+                meta |= {"db": store.pointer} if store.shared else {}  # where the rows are (no password)
                 shutil.copyfile(scenario_path, path / "scenario.yaml")
                 store.start(
                     scenario=d.name,
@@ -202,8 +207,9 @@ class Run:
                 (path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             except (OSError, OperationalError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) else exc.orig
+                hint = "Check that the database server is up" if db else "Free disk space"
                 raise RunError(
-                    f"could not start the run in {path}: {why}. Free disk space, delete {path} and start again"
+                    f"could not start the run in {path}: {why}. {hint}, delete {path} and start again"
                 ) from exc
             records: list[CallRecord] = []
             sim = Simulation(scenario, RecordingLLM(llm, records.append), embedder, seed=seed, config=config)
@@ -211,7 +217,7 @@ class Run:
             run._commit(0.0)  # step 0: the starting state, seed memories, the first frame
         except BaseException:
             lock.release()
-            if made and not (path / "run.db").exists():  # nothing was started: leave no directory behind
+            if made and not holds_run(path):  # nothing was started: leave no directory behind
                 shutil.rmtree(path, ignore_errors=True)
             raise
         return run
@@ -226,6 +232,7 @@ class Run:
         lock: bool = False,
         urls: list[str] | None = None,
         probe: bool = True,
+        db: str | None = None,
     ) -> Run:
         """Continue a run from its last committed step (resume, interview, view).
 
@@ -233,19 +240,20 @@ class Run:
         process runs it, and check the whole database before writing to it); otherwise ``arun``
         takes it before the first write. ``urls``: a remote run's servers from now on (moved or
         replaced), recorded as its backend's for the next resume; needs ``lock``. ``probe=False``: do not
-        check a remote run's servers now (the viewer opens a run whose servers are gone)."""
+        check a remote run's servers now (the viewer opens a run whose servers are gone). ``db``: reach the run's
+        database with this URL instead of the one ``meta.json`` records (a password, a moved server)."""
         require_run_dir(run_dir)
         held = RunLock(run_dir).acquire() if lock else None
         store: RunStore | None = None
         try:
-            store = RunStore(run_dir, lock=held)
+            store = RunStore(run_dir, lock=held, db=db)
             info = store.info()
             settings = json.loads(info.settings)
             scenario = load_scenario(Path(run_dir) / "scenario.yaml")
             last = store.last_step()
             if last is None:
                 raise RunError(
-                    f"{store.path}: no step was ever committed (the run was stopped while starting); nothing can be "
+                    f"{store.where}: no step was ever committed (the run was stopped while starting); nothing can be "
                     f"resumed: delete {store.dir} and start the run again"
                 )
             try:
@@ -300,10 +308,11 @@ class Run:
         llm: LLM | None = None,
         embedder: TextEmbedder | None = None,
         urls: list[str] | None = None,
+        db: str | None = None,
     ) -> Run:
         """Copy ``run_dir``'s steps up to ``step`` into a new run directory (``out``, default ``RUN-from-step-N``)
-        and open that, locked, to continue (``urls``: as for ``open``). ``run_dir`` is only read (through a
-        temporary copy)."""
+        and open that, locked, to continue (``urls``, ``db``: as for ``open``). ``run_dir`` is only read (through a
+        temporary copy); a run in a shared database is continued there."""
         src = Path(run_dir)
         require_run_dir(src)
         dest = Path(out) if out else _free_path(src.with_name(f"{src.name}-from-step-{step}"))
@@ -311,7 +320,7 @@ class Run:
         dest.mkdir(parents=True, exist_ok=True)
         lock = RunLock(dest).acquire()
         try:
-            fork_run(src, dest, step)
+            fork_run(src, dest, step, db=db)
         except BaseException:
             lock.release()
             if made:
@@ -342,6 +351,7 @@ class Run:
         with read_only(src) as parent:
             info = parent.info()
             settings = json.loads(info.settings)
+            db = parent.db_url  # a fork of a run in a shared database goes there too
             origin = load_scenario(_origin_path(src))
             step = _fork_step(at, origin, info.steps_done, src)
             calls, events = parent.calls(up_to=step), [e for e in parent.events() if e["step"] <= step]
@@ -365,6 +375,7 @@ class Run:
                 embedder=embedder,
                 config=_config_from_json(lineage["origin_mind"]),
                 run_dir=dest,
+                db=db,
             )
         except BaseException:
             await llm.aclose()
@@ -479,18 +490,19 @@ class Run:
             self.store.commit_step(data, sim.society.memories)
         except IntegrityError as exc:  # commit_step checks the step first; this is the database's own guard
             raise RunError(
-                f"could not write step {data.step} to {self.store.path}: it is already there ({exc.orig}); the state "
+                f"could not write step {data.step} to {self.store.where}: it is already there ({exc.orig}); the state "
                 f"in memory is stale. Nothing was written; resume with `simulacra resume {self.dir}`"
             ) from exc
         except OperationalError as exc:
             if data.step == 0:
+                hint = self.store.write_hint
                 raise RunError(
-                    f"could not write step 0 to {self.store.path}: {exc.orig}. The run has no saved step; free disk "
-                    f"space, delete {self.dir} and start it again"
+                    f"could not write step 0 to {self.store.where}: {exc.orig}. The run has no saved step; "
+                    f"{hint[0].lower()}{hint[1:]}, delete {self.dir} and start it again"
                 ) from exc
             raise RunError(
-                f"could not write step {data.step} to {self.store.path}: {exc.orig}. Nothing of that step was kept; "
-                f"steps up to {data.step - 1} are saved. Free disk space and continue with "
+                f"could not write step {data.step} to {self.store.where}: {exc.orig}. Nothing of that step was kept; "
+                f"steps up to {data.step - 1} are saved. {self.store.write_hint} and continue with "
                 f"`simulacra resume {self.dir}`"
             ) from exc
         self.records.clear()
@@ -518,7 +530,7 @@ class Run:
             self.store.set_status("running", "")
         except OperationalError as exc:
             raise RunError(
-                f"could not write to {self.store.path}: {exc.orig}. Free disk space and continue with "
+                f"could not write to {self.store.where}: {exc.orig}. {self.store.write_hint} and continue with "
                 f"`simulacra resume {self.dir}`"
             ) from exc
         done0, t_start = self.sim.town.steps, time.perf_counter()
@@ -555,7 +567,7 @@ class Run:
         if last is None or last.step != self.sim.town.steps:
             self.lock.release()
             raise RunError(
-                f"{self.store.path}: the run has moved on to step {last.step if last else None} since it was opened "
+                f"{self.store.where}: the run has moved on to step {last.step if last else None} since it was opened "
                 f"at step {self.sim.town.steps} (another process ran it); open it again to continue"
             )
 

@@ -40,13 +40,27 @@ def run(
         "spread residents over several servers (each sticks to one; a failed server's residents move)",
     ),
     llm_model: str = typer.Option(None, "--llm-model", help="with --llm-url: the model name (default: the server's)"),
+    llm_timeout: float = typer.Option(
+        None,
+        "--llm-timeout",
+        min=1,
+        help="with --llm-url: seconds to wait for each answer before retrying (default 60; a slow server's "
+        "longest answers need more); recorded for resume",
+    ),
     api_key_env: str = typer.Option(
         None,
         "--api-key-env",
         help="with --llm-url: the environment variable holding the API key (the run records its name only)",
     ),
+    db: str = typer.Option(
+        None,
+        "--db",
+        help="keep the run's rows in this PostgreSQL database (postgresql://USER@HOST:PORT/DB), shared with other "
+        "runs and workers, instead of RUN/run.db; RUN/meta.json records it without the password (give that in "
+        "PGPASSWORD or ~/.pgpass)",
+    ),
 ) -> None:
-    """Run a scenario; every step is committed to RUN/run.db, so the run can be resumed, replayed, viewed."""
+    """Run a scenario; every step is committed to RUN/run.db (or --db), so the run can be resumed, replayed, viewed."""
     from simulacra.inference.errors import ModelLoadError
     from simulacra.run import Backend, Run
     from simulacra.scenario import ScenarioError, load_scenario, resolve_scenario_path
@@ -54,17 +68,20 @@ def run(
 
     if llm_url and (model or deterministic):
         fail("--model and --deterministic choose the local engine; with --llm-url name the model with --llm-model")
-    if not llm_url and (llm_model or api_key_env):
-        fail("--llm-model and --api-key-env go with --llm-url URL (a remote server)")
+    if not llm_url and (llm_model or api_key_env or llm_timeout):
+        fail("--llm-model, --llm-timeout and --api-key-env go with --llm-url URL (a remote server)")
     try:
         path = resolve_scenario_path(scenario)
         d = load_scenario(path).definition
         if llm_url:
-            backend = Backend("http", llm_model or "", urls=list(llm_url), api_key_env=api_key_env or None)
+            settings = {"timeout": llm_timeout} if llm_timeout else {}
+            backend = Backend(
+                "http", llm_model or "", urls=list(llm_url), api_key_env=api_key_env or None, settings=settings
+            )
         else:
             settings = {"deterministic": True} if deterministic else {}
             backend = Backend("engine", model or d.model.path or "", settings=settings)
-        run_ = Run.create(path, out=out, seed=seed, hours=hours, backend=backend)
+        run_ = Run.create(path, out=out, seed=seed, hours=hours, backend=backend, db=db)
     except (ScenarioError, ModelLoadError, FileNotFoundError, RunError) as exc:
         fail(str(exc))
     console.print(f"run directory: {run_.dir}")
@@ -83,11 +100,14 @@ def resume(
     llm_url: list[str] = typer.Option(
         None, "--llm-url", help="a remote run: these servers instead of the recorded ones (recorded for next time)"
     ),
+    db: str = typer.Option(
+        None, "--db", help="a run in a database: reach it with this URL (a password, a moved server; recorded)"
+    ),
 ) -> None:
     """Continue a run from its last committed step (after a crash, Ctrl-C, or to run longer)."""
     from sqlalchemy.exc import OperationalError
 
-    run_ = _open_to_resume(run_dir, from_step, out, llm_url or None)
+    run_ = _open_to_resume(run_dir, from_step, out, llm_url or None, db)
     try:
         steps = None
         if hours is not None:
@@ -99,20 +119,22 @@ def resume(
             return
     except OperationalError as exc:
         asyncio.run(run_.aclose())
-        fail(f"could not write to {run_.store.path}: {exc.orig}. Free disk space and resume again")
+        fail(f"could not write to {run_.store.where}: {exc.orig}. {run_.store.write_hint} and resume again")
     console.print(f"resuming {run_.dir} at step {run_.sim.town.steps} of {run_.steps_target}")
     _go(_drive(run_, view, interview, steps))
 
 
-def _open_to_resume(run_dir: Path, from_step: int | None, out: Path | None, urls: list[str] | None = None) -> Run:
+def _open_to_resume(
+    run_dir: Path, from_step: int | None, out: Path | None, urls: list[str] | None = None, db: str | None = None
+) -> Run:
     """The run to continue, locked: RUN itself, or (``--from-step``) a copy of it up to that step."""
     from simulacra.run import Run
     from simulacra.storage import RunError
 
     try:
         if from_step is None:
-            return Run.open(run_dir, lock=True, urls=urls)
-        run_ = Run.continue_from(run_dir, from_step, out, urls=urls)
+            return Run.open(run_dir, lock=True, urls=urls, db=db)
+        run_ = Run.continue_from(run_dir, from_step, out, urls=urls, db=db)
     except RunError as exc:
         fail(str(exc))
     console.print(f"continuing {run_dir} from step {from_step} in {run_.dir} ({run_dir} is left as it is)")
@@ -247,10 +269,16 @@ def view(
         fail(str(exc))
 
 
-def runs(root: Path = typer.Argument(Path("runs"), help="folder holding run directories")) -> None:
+def runs(
+    root: Path = typer.Argument(Path("runs"), help="folder holding run directories"),
+    db: str = typer.Option(None, "--db", help="list the runs in this PostgreSQL database instead (postgresql://...)"),
+) -> None:
     """List runs with their status and progress."""
     from simulacra.storage import list_runs
 
+    if db:
+        _db_runs(db)
+        return
     table = Table(title=f"runs in {root}")
     for c in ("run", "scenario", "seed", "status", "steps", "updated", "note"):
         table.add_column(c)
@@ -267,6 +295,31 @@ def runs(root: Path = typer.Argument(Path("runs"), help="folder holding run dire
                 f"{row.updated_at:%Y-%m-%d %H:%M}",
                 escape("; ".join(x for x in (row.message, problem) if x)),
             )
+    console.print(table)
+
+
+def _db_runs(db: str) -> None:
+    """``runs --db``: every run in the database, with its key and where its run directory is."""
+    from simulacra.storage import RunError, list_db_runs, mask_url
+
+    try:
+        rows = list_db_runs(db)
+    except RunError as exc:
+        fail(str(exc))
+    table = Table(title=f"runs in {mask_url(db)}")
+    for c in ("run", "directory", "scenario", "seed", "status", "steps", "updated", "note"):
+        table.add_column(c)
+    for row in rows:
+        table.add_row(
+            row.run_id,
+            escape(row.dir),
+            row.scenario,
+            str(row.seed),
+            row.status,
+            f"{row.steps_done}/{row.steps_target}",
+            f"{row.updated_at:%Y-%m-%d %H:%M}",
+            escape(row.message),
+        )
     console.print(table)
 
 

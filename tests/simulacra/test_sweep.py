@@ -9,7 +9,7 @@ import pytest
 from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
-from simulacra.storage import RunError, RunStore
+from simulacra.storage import RunStore
 from simulacra.sweeps import sweep
 
 from ..agents.fakes import WordEmbedder, by_kind
@@ -76,14 +76,16 @@ def test_a_datacollector_collects_one_row_per_step(swept: tuple[pd.DataFrame, Pa
         assert collected["density"].iloc[-1] == pytest.approx(row.density_end)
 
 
-def test_a_matching_scenario_is_run_as_given_and_reruns_are_refused(tmp_path: Path) -> None:
+def test_a_matching_scenario_is_run_as_given_and_a_rerun_skips_it(tmp_path: Path) -> None:
     df = sweep("scenarios/town3.yaml", hours=0.2, out=tmp_path, llm_factory=fake, embedder=WordEmbedder())
     (run_dir,) = df["run_dir"]
-    assert df["residents"].tolist() == [3]
+    assert df["residents"].tolist() == [3] and df["status"].tolist() == ["done"]
     assert Path(run_dir, "scenario.yaml").read_text() == Path("scenarios/town3.yaml").read_text()
     assert not Path(run_dir, "generated-scenario.yaml").exists()
-    with pytest.raises(RunError, match="already hold runs; pass another out="):
-        sweep("scenarios/town3.yaml", hours=0.2, out=tmp_path, llm_factory=fake, embedder=WordEmbedder())
+    again = sweep("scenarios/town3.yaml", hours=0.2, out=tmp_path, llm_factory=fake, embedder=WordEmbedder())
+    assert again["status"].tolist() == ["skipped"] and again["steps_computed"].tolist() == [0]
+    same = ["steps", "calls", "prompt_tokens", "density_end", "wall_s"]
+    assert again[same].equals(df[same])  # the row is rebuilt from run.db
 
 
 def test_bad_arguments_say_what_to_do(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from .test_run import chatty, chatty_answers
 
 
 async def test_live_run_streams_and_answers(tmp_path) -> None:
-    llm = ScriptedLLM(by_kind({**chatty_answers(), "Answer": lambda p, s: {"answer": "I make coffee."}}))
+    llm = ScriptedLLM(by_kind({**chatty_answers(), "Answer": lambda p, s: {"answer": "I make coffee.", "because": []}}))
     run = Run.create("scenarios/town3.yaml", out=tmp_path, hours=1, llm=llm, embedder=WordEmbedder())
     server = await start_viewer(run)
     try:
