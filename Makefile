@@ -75,3 +75,8 @@ bench-peers: $(STAMP)
 # Only builds llama.cpp's OpenAI-compatible llama-server (same cache) and prints its path.
 peer-llama-server: $(STAMP)
 	$(BIN)/python bench/peers/llama_cpp.py llama-server
+
+# town3 for an hour through llama-server, resumed, its calls read back from run.db (bench/out/llama_server_run.json).
+.PHONY: check-llama-server
+check-llama-server: $(STAMP)
+	$(BIN)/python bench/peers/llama_server_run.py

@@ -84,7 +84,8 @@ def _remote(backend: Backend, probe_first: bool = True) -> LLM:
     model = backend.model or (listed[0] if listed else "")
     if not model and probe_first:
         raise RunError(f"{backend.urls[0]} lists no model; name the one to use with --llm-model NAME")
-    clients = [OpenAIHTTPBackend(url, model, key, **backend.settings) for url in backend.urls]
+    settings = {"dialect": "auto", **backend.settings}  # each server's dialect is asked of it (dialects.py)
+    clients = [OpenAIHTTPBackend(url, model, key, **settings) for url in backend.urls]
     if len(clients) == 1:
         return clients[0]
     return ServerPool(clients, affinity=resident_affinity)

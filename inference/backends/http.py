@@ -4,16 +4,20 @@ Why: one machine's engine stops being enough at some town size; pointing the run
 server is how a user scales out, and the residents' code does not change.
 
 Wire mapping: chat messages go to `/v1/chat/completions`, a plain string to `/v1/completions`.
-A schema becomes `response_format={"type": "json_schema", "json_schema": {"name", "schema",
-"strict": true}}`, which all four servers accept. A list of choices is sent the same way, as the
-schema `{"type": "string", "enum": [...]}` (portable, unlike vLLM's `guided_choice`); the server
-then writes a JSON string (`"cafe"`), which is unquoted here, so `text` and `parsed` are the bare
-choice as with the local engine. `top_k` (when > 0) goes as a top-level body field, as vLLM,
-SGLang and llama.cpp read it; `seed` and `stop` are OpenAI fields. `n`, `presence_penalty` and
-`frequency_penalty` (OpenAI's), `repetition_penalty` (vLLM's) and `no_repeat_ngram_size` with
-`no_repeat_texts` (our server's) are sent only when set, so a request without them is the body it
-always was. With n > 1 the choices become `GenerateResult.samples` in `index` order; OpenAI's usage
-counts the whole request, so a sample's own `completion_tokens` is unknown here (0).
+Everything else that differs between servers (`top_k`, seeds, `n`, penalties, no-repeat n-grams,
+where cached tokens are reported) is decided by the server's `Dialect` (`dialects.py`, one table):
+`dialect="generic"` (the default) sends every field under vLLM's or our name, as this client always
+did; `"auto"` asks the server once (`GET /v1/models`) which row it is; a name picks one. A schema is
+sent the same way to all of them, `response_format={"type": "json_schema", "json_schema": {"name",
+"schema", "strict": true}}`. A list of choices is sent as the schema `{"type": "string", "enum":
+[...]}` (portable, unlike vLLM's `guided_choice`); the server then writes a JSON string (`"cafe"`),
+which is unquoted here, so `text` and `parsed` are the bare choice as with the local engine. A field
+the server cannot take is left out with a one-time warning and counted in `stats()`
+(`unsupported="skip"`), or refused with a `RequestError` naming it and the server
+(`unsupported="refuse"`); it is never sent to be ignored. With n > 1 the choices become
+`GenerateResult.samples` in `index` order; usage counts the whole request (llama.cpp's counts
+choice 0 only, so the other choices are counted with its `/tokenize`), so a sample's own
+`completion_tokens` is unknown here (0).
 
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff (honouring
 `Retry-After`); any other 4xx raises `RequestError` with the server's message, at once.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +47,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from simulacra.inference.backends import dialects
+from simulacra.inference.backends.dialects import GENERIC, Dialect, dialect_named
 from simulacra.inference.port import (
     GenerateResult,
     Prompt,
@@ -51,14 +58,13 @@ from simulacra.inference.port import (
     StreamEvent,
     merge_samples,
     parse_reply,
-    schema_json,
-    schema_name,
     split_request,
 )
 
 __all__ = ["HTTPBackendError", "HTTPBackendTimeout", "OpenAIHTTPBackend"]
 
 _RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
+log = logging.getLogger(__name__)
 
 
 class HTTPBackendError(RuntimeError):
@@ -82,7 +88,9 @@ class OpenAIHTTPBackend:
     (with jitter, capped at `max_backoff`). `total_timeout` bounds one attempt end to end (sending,
     waiting and reading the whole answer or stream), whatever the server does. `transport` replaces
     the network (httpx.MockTransport in tests); `extra_body` is merged into every request body
-    (server-specific fields).
+    (server-specific fields). `dialect`: a row of `dialects.DIALECTS` by name, "auto" (asked of the
+    server before the first call) or a `Dialect`; `unsupported`: "skip" (leave such a field out, warn
+    once, count it as `skipped_<field>` in `stats()`) or "refuse" (a `RequestError`).
     """
 
     def __init__(
@@ -99,6 +107,8 @@ class OpenAIHTTPBackend:
         total_timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
+        dialect: str | Dialect = "generic",
+        unsupported: str = "skip",
     ) -> None:
         url = base_url.rstrip("/")
         if not urlsplit(url).path.endswith("/v1"):
@@ -112,6 +122,13 @@ class OpenAIHTTPBackend:
         self.max_backoff = max_backoff
         self.total_timeout = float(total_timeout)
         self.extra_body = dict(extra_body or {})
+        if unsupported not in ("skip", "refuse"):
+            raise ValueError(f"unsupported must be 'skip' or 'refuse', not {unsupported!r}")
+        self.unsupported = unsupported
+        self.dialect: Dialect | None = None if dialect == "auto" else dialect_named(dialect)
+        self.detected = "" if dialect == "auto" else "given"  # why this dialect (after detection: the evidence)
+        self._detecting: asyncio.Lock | None = None
+        self.notes: dict[str, str] = {}  # field -> the one warning given about leaving it out
         self._transport = transport
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client: httpx.AsyncClient | None = None
@@ -125,6 +142,7 @@ class OpenAIHTTPBackend:
             "completion_tokens": 0,
             "cached_tokens": 0,
         }
+        self._skipped: dict[str, int] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -142,6 +160,7 @@ class OpenAIHTTPBackend:
         return self._client
 
     def _body(self, prompt: Prompt, params: SamplingParams, schema: Schema, stream: bool) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a request, written in the server's dialect (`dialects.request_fields`)."""
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": params.max_tokens,
@@ -152,38 +171,52 @@ class OpenAIHTTPBackend:
             path, body["prompt"] = "/completions", prompt
         else:
             path, body["messages"] = "/chat/completions", prompt
-        if params.top_k:
-            body["top_k"] = params.top_k
-        if params.seed is not None:
-            body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
-        if params.n != 1:
-            body["n"] = params.n
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(params, name):
-                body[name] = getattr(params, name)
-        if params.repetition_penalty != 1.0:
-            body["repetition_penalty"] = params.repetition_penalty
-        if params.no_repeat_ngram_size:
-            body["no_repeat_ngram_size"] = params.no_repeat_ngram_size
-            if params.no_repeat_texts:
-                body["no_repeat_texts"] = list(params.no_repeat_texts)
-        if schema is not None:
-            name = schema_name(schema) or "output"
-            name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64]
-            spec = schema_json(schema)
-            if isinstance(schema, type):  # a pydantic model: no invented keys, as the local engine compiles it
-                spec = _forbid_extra_keys(spec)
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": name, "schema": spec, "strict": True},
-            }
+        dialect = self.dialect or GENERIC
+        fields, unsupported = dialects.request_fields(dialect, params, schema)
+        for name in unsupported:
+            self._unsupported(name, dialect)
+        body.update(fields)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         body.update(self.extra_body)
         return path, body
+
+    def _unsupported(self, name: str, dialect: Dialect) -> None:
+        """A field this server cannot take: refused, or left out with one warning per field (and counted)."""
+        what = f"{self.base_url} ({dialect.name}, {self.detected or 'detected'}) does not support {name}"
+        if self.unsupported == "refuse":
+            raise RequestError(f"{what}; leave it unset for this server", name, "unsupported_by_server")
+        self._skipped[name] = self._skipped.get(name, 0) + 1
+        if name not in self.notes:
+            self.notes[name] = f"{what}: sent without it"
+            log.warning("%s: requests are sent without it (counted as skipped_%s in stats)", what, name)
+
+    async def _ensure_dialect(self) -> None:
+        """With dialect="auto", ask the server which it is, once, before its first request."""
+        if self.dialect is not None:
+            return
+        if self._detecting is None:
+            self._detecting = asyncio.Lock()
+        async with self._detecting:
+            if self.dialect is None:
+                dialect, self.detected = await dialects.detect(self.client, min(self.timeout, 10.0))
+                self.dialect = dialect
+
+    def capabilities(self) -> dict[str, Any]:
+        """The server's dialect row (after detection, if any), why it was chosen, and what was left out."""
+        dialect = self.dialect or GENERIC
+        return {
+            "dialect": dialect.name,
+            "why": self.detected,
+            "no_repeat_ngram": dialect.no_repeat,
+            "top_k": dialect.top_k != "unsupported",
+            "repetition_penalty": dialect.repetition_penalty is not None,
+            "n": dialect.n,
+            "skipped": dict(self.notes),
+        }
 
     async def _back_off(self, attempt: int, response: httpx.Response | None) -> int:
         """Wait before the next attempt (the server's Retry-After, else jittered exponential); its number."""
@@ -244,19 +277,21 @@ class OpenAIHTTPBackend:
         usage: dict[str, Any] | None,
         schema: Schema,
         timings: dict[str, float],
+        data: dict[str, Any] | None = None,
     ) -> GenerateResult:
-        """The result of the choices (text, finish_reason) in index order, with the server's usage."""
+        """The result of the choices (text, finish_reason) in index order, with the server's usage (and,
+        from `data`, the answer's other fields: llama.cpp's `timings`)."""
         samples = []
         for text, finish in choices:
             finish = "length" if finish == "length" else ("stop" if finish in (None, "stop", "eos") else finish)
             text = _unquote_choice(text, schema)
             samples.append(GenerateResult(text, parse_reply(schema, text, finish), finish_reason=finish))
-        usage = usage or {}
-        details = usage.get("prompt_tokens_details") or {}
+        usage, data = usage or {}, data or {}
+        timings = {**timings, **dialects.server_timings(self.dialect or GENERIC, data)}
         result = merge_samples(samples)
         result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         result.completion_tokens = int(usage.get("completion_tokens") or 0)
-        result.cached_tokens = int(details.get("cached_tokens") or 0)
+        result.cached_tokens = dialects.cached_tokens(usage, data)
         result.timings = timings
         result.server = self.base_url
         for sample in result.samples:  # usage is the request's: each sample has its prompt, its own count is unknown
@@ -275,6 +310,7 @@ class OpenAIHTTPBackend:
     async def generate(self, prompt: Prompt, **kwargs: Any) -> GenerateResult:
         params, schema = split_request(kwargs)
         params.validate()
+        await self._ensure_dialect()
         path, body = self._body(prompt, params, schema, stream=False)
         self._counters["requests"] += 1
         self._counters["running"] += 1
@@ -284,7 +320,7 @@ class OpenAIHTTPBackend:
             while True:  # bounded: max_retries + 1 readable-answer attempts, each bounded by _send
                 response = await self._send(path, body, stream=False)
                 try:
-                    choices, usage = _read_answer(response, params.n)
+                    choices, usage, data = _read_answer(response, params.n)
                     break
                 except ValueError as exc:
                     failure = (
@@ -300,8 +336,9 @@ class OpenAIHTTPBackend:
                 attempt = await self._back_off(attempt, None)
         finally:
             self._counters["running"] -= 1
+        usage = await self._count_samples(usage, [text for text, _ in choices], first_counted=True)
         timings = {"total_s": time.perf_counter() - t0}
-        return self._result(choices, usage, schema, timings)
+        return self._result(choices, usage, schema, timings, data)
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         """Server-sent events as deltas; the last event carries the result (with the server's usage).
@@ -313,6 +350,7 @@ class OpenAIHTTPBackend:
         """
         params, schema = split_request(kwargs)
         params.validate()
+        await self._ensure_dialect()
         path, body = self._body(prompt, params, schema, stream=True)
         url = f"{self.base_url}{path}"
         self._counters["requests"] += 1
@@ -327,6 +365,7 @@ class OpenAIHTTPBackend:
                 parts: list[list[str]] = [[] for _ in range(params.n)]
                 finishes: dict[int, str] = {}
                 usage: dict[str, Any] | None = None
+                last: dict[str, Any] = {}
                 response = await self._send(path, body, stream=True)  # connection, status: retried in there
                 reader = _SSEReader(response, url, self.total_timeout)
                 failure: HTTPBackendError | None = None
@@ -335,6 +374,8 @@ class OpenAIHTTPBackend:
                         deltas, finish_now, usage_now = _read_event(data, url, reader, params.n)
                         finishes.update(finish_now)
                         usage = usage_now or usage
+                        if "timings" in data:  # llama.cpp's, on the last event of a choice
+                            last = data
                         for index, delta in deltas:
                             if first_token_s is None:
                                 first_token_s = time.perf_counter() - t0
@@ -372,14 +413,39 @@ class OpenAIHTTPBackend:
             timings["first_token_s"] = first_token_s
         if usage is None:  # a server that sends no usage: one token per delta
             usage = {"completion_tokens": sum(len(p) for p in parts)}
-        result = self._result([("".join(p), finishes.get(i)) for i, p in enumerate(parts)], usage, schema, timings)
+        texts = ["".join(p) for p in parts]
+        usage = await self._count_samples(usage, texts, first_counted=False)
+        result = self._result([(t, finishes.get(i)) for i, t in enumerate(texts)], usage, schema, timings, last)
         if hold:
             for i, text in enumerate(result.texts[:-1]):
                 yield StreamEvent(text, index=i)
         yield StreamEvent(result.texts[-1] if hold else "", result, params.n - 1 if hold else 0)
 
+    async def _count_samples(self, usage: dict[str, Any] | None, texts: list[str], first_counted: bool) -> dict | None:
+        """Usage with every choice's completion tokens, where the server counts one choice only (llama.cpp
+        with n > 1): the uncounted choices are tokenized by the server (`/tokenize`, no generation)."""
+        dialect = self.dialect or GENERIC
+        if dialect.n != "first_usage" or len(texts) < 2 or dialect.tokenize_path is None:
+            return usage
+        usage = dict(usage or {})
+        todo = texts[1:] if first_counted else texts
+        url = self.base_url.removesuffix("/v1") + dialect.tokenize_path
+        try:
+            counts = await asyncio.gather(
+                *(self.client.post(url, json={"content": t, "add_special": False}) for t in todo)
+            )
+            added = sum(len(r.json()["tokens"]) for r in counts)
+        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._counters["token_count_errors"] = self._counters.get("token_count_errors", 0) + 1
+            log.warning("%s: could not count the tokens of %d choice(s): %s", url, len(todo), exc)
+            return usage
+        usage["completion_tokens"] = (int(usage.get("completion_tokens") or 0) if first_counted else 0) + added
+        return usage
+
     def stats(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._counters.items()}
+        out = {k: float(v) for k, v in self._counters.items()}
+        out.update({f"skipped_{k}": float(v) for k, v in self._skipped.items()})
+        return out
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -390,9 +456,11 @@ class OpenAIHTTPBackend:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _read_answer(response: httpx.Response, n: int = 1) -> tuple[list[tuple[str, str | None]], dict[str, Any] | None]:
-    """([(text, finish_reason)] of the n choices in index order, usage) of a non-streamed answer;
-    ValueError saying what is missing. With n = 1 the first choice is the answer, whatever its index."""
+def _read_answer(
+    response: httpx.Response, n: int = 1
+) -> tuple[list[tuple[str, str | None]], dict[str, Any] | None, dict[str, Any]]:
+    """([(text, finish_reason)] of the n choices in index order, usage, the whole answer) of a non-streamed
+    answer; ValueError saying what is missing. With n = 1 the first choice is the answer, whatever its index."""
     try:
         data = json.loads(response.content)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -420,7 +488,7 @@ def _read_answer(response: httpx.Response, n: int = 1) -> tuple[list[tuple[str, 
             raise ValueError(f"the answer's text is a {type(text).__name__}")
         out.append((text or "", choice.get("finish_reason")))
     usage = data.get("usage")
-    return out, usage if isinstance(usage, dict) else None
+    return out, usage if isinstance(usage, dict) else None, data
 
 
 class _StreamFault(Exception):
@@ -543,22 +611,6 @@ def _request_error(response: httpx.Response) -> RequestError:
         param = err.get("param")
         code = err.get("code") or code
     return RequestError(f"HTTP {response.status_code}: {_error_message(response)}", param, str(code))
-
-
-def _forbid_extra_keys(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy where each object schema with properties and no `additionalProperties` gets `false`.
-
-    Mirrors what the engine does to pydantic schemas (pydantic ignores unknown keys anyway), and is
-    what OpenAI's strict mode requires.
-    """
-    if isinstance(schema, dict):
-        out = {k: _forbid_extra_keys(v) for k, v in schema.items()}
-        if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_forbid_extra_keys(v) for v in schema]
-    return schema
 
 
 def _unquote_choice(text: str, schema: Schema) -> str:
