@@ -26,6 +26,7 @@ ECHO_RATIO = 0.8  # difflib ratio of two normalised lines above which one is a c
 ECHO_RUN = 6  # words in a row taken from an earlier line of the conversation
 
 _WORD = re.compile(r"[\w']+")
+_GREETING = re.compile(r"^(?:hi|hello|hey|good (?:morning|afternoon|evening))[ ,]+[A-Z][\w'-]*\s*[!.,]\s*", re.I)
 _PREFIX = re.compile(r"(?:^|[\s\"'(])([A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2}):\s")
 
 
@@ -105,3 +106,8 @@ def strip_prefixes(line: str, names: Iterable[str]) -> str:
                 text = text[len(n) + 1 :].lstrip()
                 changed = True
     return text
+
+
+def strip_greeting(line: str) -> str:
+    """The line without an opening "Hi Kenji!" (news passed on should not greet the first listener again)."""
+    return _GREETING.sub("", line, count=1) or line

@@ -523,7 +523,7 @@ class Citizen(Resident):
             mind.remember("conversation", f"I talked with {other} at {conv.place.split(':')[0]}. {said}"[:700])
             for speaker, line in conv.news:
                 if speaker != name:
-                    mind.remember("heard", f"{speaker.split()[0]} told me: {line}")
+                    mind.remember("heard", f"{speaker.split()[0]} told me: {lines.strip_greeting(line)}")
         town.social.record_interaction(conv.a, conv.b, town.steps)
         self.log("conversation_end", conversation=conv.id, other=conv.b, turns=len(conv.turns), reason=conv.end_reason)
 

@@ -35,6 +35,9 @@ def test_loops_and_leaks() -> None:
     assert not lines.leaks("Note the time: it is late.", NAMES)  # not a resident's name
     assert not lines.leaks("I want to study botany in the city next year.", NAMES)
     assert lines.strip_prefixes("Elin Lindqvist: Kenji: Hi Kenji!", NAMES) == "Hi Kenji!"
+    assert lines.strip_greeting("Hi Moss! I work at the library.") == "I work at the library."
+    assert lines.strip_greeting("Hi, Hilde! I am standing for council.") == "I am standing for council."
+    assert lines.strip_greeting("Hi Moss!") == "Hi Moss!"  # nothing but the greeting: kept
 
 
 def who(prompt: str) -> str:
@@ -97,7 +100,9 @@ async def test_the_mind_says_the_fault_free_candidate_and_tells_its_news_once() 
     cora, ada = sim.resident("Cora Lind"), sim.resident("Ada Quill")
     # what Cora told Ada is remembered by Ada as heard news, and Cora does not tell it to Ada again
     heard = [m.text for m in ada.stream.memories if m.kind == "heard"]
-    assert conv.news and all(f"Cora told me: {line}" in heard for s, line in conv.news if s == "Cora Lind")
+    assert conv.news and all(
+        f"Cora told me: {lines.strip_greeting(line)}" in heard for s, line in conv.news if s == "Cora Lind"
+    )
     told = cora.told["Ada Quill"]
     assert told and len(told) == len(set(told))  # each memory told once
     asked = seen[::4]  # the script runs once per candidate
