@@ -80,3 +80,15 @@ peer-llama-server: $(STAMP)
 .PHONY: check-llama-server
 check-llama-server: $(STAMP)
 	$(BIN)/python bench/peers/llama_server_run.py
+
+# A routed MoE made from the packaged model (issue 19, docs/KERNELS.md "A MoE from the dense model"):
+# 8 experts, top-$(MOE_K), f16 experts in the GGUF, routers fitted on the town's prompts (~11 min here).
+# Then: `simulacra run town25 --model $(MOE).gguf`.
+MOE_K ?= 6
+MOE := build/moefy/smollm2-e8k$(MOE_K)
+.PHONY: moefy
+moefy: $(MOE).gguf
+
+$(MOE).gguf: $(STAMP)
+	rm -rf $(MOE) $(MOE).gguf
+	$(BIN)/simulacra moefy default --experts 8 --top-k $(MOE_K) -o $(MOE) --gguf $@

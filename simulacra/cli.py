@@ -32,6 +32,7 @@ for command in (
     models.models,
     models.generate,
     models.serve,
+    models.moefy,
 ):
     app.command()(command)
 app.add_typer(scenario_app, name="scenario")

@@ -107,3 +107,75 @@ def serve(
         f"{engine.device}, {engine.lm.model.dtype})"
     )
     serve_app(engine, model_name, engine.context_length, host=host, port=port)
+
+
+def moefy(
+    model: str = typer.Argument(..., help="dense Llama-family GGUF or HF folder ('default': the packaged SmolLM2)"),
+    experts: int = typer.Option(8, "--experts", "-e", help="experts per layer (E); must divide the FFN width"),
+    top_k: int = typer.Option(6, "--top-k", "-k", help="experts each token runs (K), 1..E"),
+    out: Path = typer.Option(..., "--out", "-o", help="a folder (Mixtral safetensors) or a .gguf file"),
+    gguf: Path = typer.Option(None, "--gguf", help="also write a GGUF here (needs a GGUF source)"),
+    expert_type: str = typer.Option(
+        "f16", help="GGUF expert tensors: f32, f16, q8_0, q4_0 or q4_1 (quantised experts cost agreement: KERNELS.md)"
+    ),
+    method: str = typer.Option("coact", help="cluster neurons by co-activation ('coact') or by their 'weights'"),
+    scenarios: list[str] = typer.Option(["town3", "town25"], "--scenario", help="scenarios whose prompts fit routers"),
+    answer_tokens: int = typer.Option(64, min=1, help="cap on each calibration answer (tokens)"),
+    max_rows: int = typer.Option(16384, min=64, help="captured tokens the routers are fitted on, at most"),
+    spread: float = typer.Option(
+        0.05, min=1e-4, max=1.0, help="router logit spread: expert weights are K·w = 1 ± spread/2"
+    ),
+    seed: int = typer.Option(0),
+) -> None:
+    """Turn a dense model into a routed MoE: experts from balanced clusters of each layer's FFN neurons, a
+    router per layer fitted on hidden states of the town's prompts (held-out residents excluded)."""
+    import torch
+
+    from simulacra.calibration import town_prompts
+    from simulacra.inference.loader import describe_model, load_model
+    from simulacra.inference.moefy import EXPERT_TYPES, METHODS, MoefyError, check_request, write_gguf, write_hf
+    from simulacra.inference.moefy import moefy as run_moefy
+    from simulacra.scenario import ScenarioError
+
+    t0 = time.perf_counter()
+    targets = [out, *([gguf] if gguf else [])]
+    for target in targets:
+        if target.exists() and (target.is_file() or any(target.iterdir())):
+            fail(f"{target} already exists; choose another output path or delete it")
+    if expert_type not in EXPERT_TYPES:
+        fail(f"unknown --expert-type {expert_type!r}; use one of {', '.join(EXPERT_TYPES)}")
+    if method not in METHODS:
+        fail(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+    try:
+        info = describe_model(None if model == "default" else model)
+        check_request(info.config, experts, top_k)
+        if any(t.suffix == ".gguf" for t in targets) and info.format != "gguf":
+            raise MoefyError("GGUF output needs a GGUF source (its tokenizer and attention tensors are copied)")
+        prompts = [p for p in town_prompts(scenarios) if not p.heldout]
+        lm = load_model(info.path, dtype=torch.float32)
+        console.print(f"{info.path.name}: {len(prompts)} calibration prompts from {', '.join(scenarios)}")
+        made = run_moefy(
+            lm,
+            prompts,
+            experts,
+            top_k,
+            method,
+            spread,
+            max_rows,
+            answer_tokens=answer_tokens,
+            seed=seed,
+            log=console.print,
+        )
+        for target in targets:
+            if target.suffix == ".gguf":
+                write_gguf(made.model, target, info.path, expert_type)
+            else:
+                write_hf(made.model, target, lm.tokenizer, info.path)
+            console.print(f"wrote {target}")
+    except (ModelLoadError, MoefyError, ScenarioError) as exc:
+        fail(str(exc))
+    cfg = made.model.cfg
+    console.print(
+        f"{cfg.n_experts} experts of {cfg.moe_intermediate_size} neurons, top-{top_k}, {cfg.n_layers} layers, "
+        f"in {time.perf_counter() - t0:.0f}s; run it with `simulacra run town25 --model {targets[-1]}`"
+    )
