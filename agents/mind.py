@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+
 from simulacra.world import (
     Action,
     GoTo,
@@ -414,8 +416,9 @@ class Citizen(Resident):
         soc, cfg = self.society, self.society.config
         other = conv.other(self.name)
         last = conv.turns[-1][1] if conv.turns else ""
-        got = self.recall(f"{other} {last}".strip())
-        topic = self.topic(conv)
+        query = self.society.embed([f"{other} {last}".strip()])[0]  # one embedding for both retrievals
+        got = self.stream.retrieve(query, self.town.now, cfg.top_k, cfg.retrieval)
+        topic = self.topic(conv, query)
         rel = self.town.social.relation(self.name, other)
         example, end = self.example_line(conv, topic)
         shown = [r.memory.text for r in got]
@@ -447,17 +450,17 @@ class Citizen(Resident):
         self.my_lines = [*self.my_lines, said.says][-MY_LINES:]
         return Utterance(says=said.says, end=said.end)
 
-    def topic(self, conv: Conversation) -> Retrieved | None:
+    def topic(self, conv: Conversation, query: np.ndarray) -> Retrieved | None:
         """The best-ranked memory worth telling this partner: known to me (seeded, heard or concluded; else
         my plan for the day), not told them before, not said in this conversation, not something they told me.
         Measured on town25: with plans ranked alongside news, the day's plan (recent) opened most talks."""
         other = conv.other(self.name)
-        last = conv.turns[-1][1] if conv.turns else ""
         told = set(self.told.get(other, ()))
         said = lines.normalise(" ".join(t for _, t, _ in conv.turns))
         theirs = f"{other.split()[0]} told me:"
         for kinds in (NEWS_KINDS, ("plan",)):  # news first; the day's plan when there is none left
-            for r in self.recall(f"{other} {last}".strip(), TOPIC_POOL, touch=False, kinds=kinds):
+            cfg = self.society.config
+            for r in self.stream.retrieve(query, self.town.now, TOPIC_POOL, cfg.retrieval, touch=False, kinds=kinds):
                 m = r.memory
                 if m.seq in told or m.text.startswith(theirs) or lines.normalise(m.text)[:40] in said:
                     continue
@@ -508,8 +511,9 @@ class Citizen(Resident):
         best = min(range(k), key=lambda i: (ranked[i][0], -ranked[i][1], i))
         text, stop = cands[best]
         bad, _, on_topic = ranked[best]
-        if bad and not rank(k, example)[0]:
-            text, stop, on_topic = example, end, rank(k, example)[2]
+        fallback = rank(k, example) if bad else None
+        if fallback is not None and not fallback[0]:
+            text, stop, on_topic = example, end, fallback[2]
         return Line(text, stop, topic is not None and on_topic >= TELLS and len(lines.words(text)) >= NEWS_WORDS)
 
     def finish(self, conv: Conversation) -> None:
