@@ -133,6 +133,7 @@ class Run:
         self.records = records
         self.llm = llm  # the backend itself (closed by ``aclose``)
         self.steps_target = target
+        self._servers: list[dict[str, Any]] | None = None  # the remote servers' capabilities last written to meta.json
         self.wall_s = 0.0
         self.first_metrics: dict[str, float] = {}
 
@@ -513,7 +514,20 @@ class Run:
         wall = time.perf_counter() - t0
         self._commit(wall)
         self.wall_s += wall
+        self._note_servers()
         return wall
+
+    def _note_servers(self) -> None:
+        """Record in meta.json what each remote server's dialect took or left out, when that changes
+        (the dialect is detected at the first request; a skipped field is counted as it is met)."""
+        capabilities = getattr(self.llm, "capabilities", None)
+        if capabilities is None:
+            return
+        servers = capabilities()
+        servers = servers if isinstance(servers, list) else [{"server": getattr(self.llm, "base_url", ""), **servers}]
+        if servers != self._servers:
+            self._servers = servers
+            self._write_meta(servers=servers)
 
     async def arun(
         self,

@@ -215,7 +215,8 @@ class OpenAIHTTPBackend:
             "top_k": dialect.top_k != "unsupported",
             "repetition_penalty": dialect.repetition_penalty is not None,
             "n": dialect.n,
-            "skipped": dict(self.notes),
+            "skipped": dict(self._skipped),
+            "notes": dict(self.notes),
         }
 
     async def _back_off(self, attempt: int, response: httpx.Response | None) -> int:

@@ -179,6 +179,14 @@ class ServerPool:
             for i in range(len(self.backends))
         ]
 
+    def capabilities(self) -> list[dict[str, Any]]:
+        """Per server: its name and what its dialect takes or left out (`OpenAIHTTPBackend.capabilities`)."""
+        return [
+            {"server": name, **backend.capabilities()}
+            for name, backend in zip(self.names, self.backends, strict=True)
+            if hasattr(backend, "capabilities")
+        ]
+
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for backend in self.backends:

@@ -257,6 +257,27 @@ async def run_through(run: Run, **kw: Any) -> None:
         await run.aclose()
 
 
+def test_a_run_records_what_its_server_left_out_in_meta_json(tmp_path) -> None:
+    stand_in = StandIn("llama.cpp")
+    llm = backend_for(stand_in)
+    run = Run.create(TOWN3, out=tmp_path, seed=3, hours=1.0, llm=llm, embedder=WordEmbedder())
+
+    async def go() -> None:
+        try:
+            await run.arun(steps=1)
+            await llm.generate(USER, schema=Line, max_tokens=40, **TOWN_LINE)  # a line with n-gram bans
+            await run.arun(steps=1)
+        finally:
+            await run.aclose()
+
+    asyncio.run(go())
+    (server,) = json.loads((run.dir / "meta.json").read_text())["servers"]
+    assert server["server"] == "http://llm.invalid:8080/v1" and server["dialect"] == "llama.cpp"
+    assert server["why"]  # the evidence the dialect was detected from
+    assert server["skipped"] == {"no_repeat_ngram_size": 1}  # left out, counted and explained
+    assert "llama.cpp" in server["notes"]["no_repeat_ngram_size"]
+
+
 @pytest.mark.slow
 @needs_llama_server
 def test_a_town3_run_through_llama_server_records_every_call_and_resumes(tmp_path) -> None:
