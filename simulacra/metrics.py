@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from simulacra.simulation import Simulation
@@ -31,6 +32,38 @@ def _mentions(text: str, words: list[str]) -> bool:
     return any(re.search(r"\b" + re.escape(w) + r"\b", text, re.IGNORECASE) for w in words if w)
 
 
+def claims(info: Any, question: str, answer: str, holder: bool = False, places: Sequence[str] = ()) -> bool:
+    """Whether an answer claims to know the fact: it uses the fact's keywords or its holder's names, less the
+    words the question itself gives (asked "Who is hosting the party?", saying "party" claims nothing) and
+    those inside the town's place names ("I work at Lantern Pub" says nothing of a lantern party). The
+    holder may use any keyword: it is their own fact, and they cannot name themselves."""
+    if DONT_KNOW.search(answer):
+        return False
+    for place in places:
+        answer = re.sub(re.escape(place), " ", answer, flags=re.IGNORECASE)
+    words = [*info.keywords, *info.holder.split()]
+    return _mentions(answer, words if holder else [w for w in words if not _mentions(question, [w])])
+
+
+def judge(
+    info: Any, tracker: Any, answers: dict[str, list[dict[str, Any]]], places: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Knowing and unsupported residents for one fact, from each resident's answers (question, answer, the cited
+    memories under "because"). An answer knows when it claims the fact and a memory it cites carries it; an
+    answer that claims nothing is no evidence either way. Unsupported: claims with no cited memory behind them,
+    or knowing answers from residents who, by the ground truth, never learned the fact (hallucinated support)."""
+    knows, claimed = set(), set()
+    for name, given in answers.items():
+        for a in given:
+            claim = claims(info, a["question"], a["answer"], holder=name == info.holder, places=places)
+            a["supported"] = claim and any(info.id in tracker.mentions(m) for m in a["because"])
+            claimed |= {name} if claim else set()
+            knows |= {name} if a["supported"] else set()
+    truth = set(tracker.known[info.id])
+    unsupported = (claimed - knows) | (knows - truth)
+    return {"answers": answers, "knows": sorted(knows & truth), "unsupported": sorted(unsupported)}
+
+
 async def interview_facts(sim: Simulation) -> dict[str, Any]:
     """Ask every resident the scenario's questions about each tracked fact, all at once (one batch)."""
     d = sim.scenario.definition
@@ -40,24 +73,12 @@ async def interview_facts(sim: Simulation) -> dict[str, Any]:
         for r in sim.residents:
             for q in iv.questions:
                 jobs.append((iv.fact, r.name, q, r.interview_cited(q)))
-    answers = await asyncio.gather(*(j[3] for j in jobs))
-    tracker = sim.society.facts
-    out: dict[str, Any] = {}
-    for (fid, name, q, _), (a, cited) in zip(jobs, answers, strict=True):
-        info = facts[fid]
-        f = out.setdefault(fid, {"answers": {}, "knows": set(), "claims": set()})
-        supported = not DONT_KNOW.search(a) and any(fid in tracker.mentions(m) for m in cited)
-        f["answers"].setdefault(name, []).append({"question": q, "answer": a, "because": cited, "supported": supported})
-        if supported:
-            f["knows"].add(name)
-        if not DONT_KNOW.search(a) and _mentions(a, [*info.keywords, *info.holder.split()]):
-            f["claims"].add(name)
-    for fid, f in out.items():
-        truth = set(tracker.known[fid])
-        # claiming in words with no cited memory behind it, or citing memories that are not really known
-        f["unsupported"] = sorted((f.pop("claims") - f["knows"]) | (f["knows"] - truth))
-        f["knows"] = sorted(f["knows"] & truth)
-    return out
+    said = await asyncio.gather(*(j[3] for j in jobs))
+    answers: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for (fid, name, q, _), (a, cited) in zip(jobs, said, strict=True):
+        answers.setdefault(fid, {}).setdefault(name, []).append({"question": q, "answer": a, "because": cited})
+    places = [p.name for p in d.map.places]
+    return {fid: judge(facts[fid], sim.society.facts, given, places) for fid, given in answers.items()}
 
 
 async def interview_relationships(sim: Simulation) -> dict[str, Any]:

@@ -4,9 +4,11 @@ by ground truth (their plans and whereabouts in run.db) and by interview."""
 import asyncio
 import re
 from datetime import timedelta
+from types import SimpleNamespace
 
 from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.metrics import (
+    claims,
     coordination,
     interview_all,
     interview_coordination,
@@ -193,3 +195,27 @@ def test_knowing_is_judged_by_the_cited_memories_not_the_answers_words() -> None
     got = asyncio.run(interview_facts(sim))["party"]
     assert got["knows"] == ["Cora Lind"]
     assert got["unsupported"] == ["Ada Quill"]  # claimed in words, no memory cited
+
+
+def test_a_place_named_like_a_keyword_claims_nothing() -> None:
+    fact = SimpleNamespace(id="party", keywords=["lantern", "party"], holder="Juno Castell")
+    q = "Do you know about a party at the café?"
+    assert not claims(fact, q, "I work at the Lantern Pub until six.", places=["Lantern Pub", "Café"])
+    assert claims(fact, q, "Juno's lantern party, on Friday.", places=["Lantern Pub"])
+    assert not claims(fact, q, "I don't know of a lantern party.", places=[])
+    assert claims(fact, q, "Yes, my party!", holder=True)  # the holder's own fact: any keyword
+
+
+def test_words_the_question_gives_away_claim_nothing() -> None:
+    """Asked about the tasting by name, Ada's echo of "tasting" is no claim; naming its host is."""
+
+    def answer(prompt, schema):
+        name = re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
+        says = {"Ada Quill": "A tasting sounds lovely.", "Ben Quill": "Cora is hosting it."}
+        return {"answer": says.get(name, "Nothing."), "because": []}
+
+    sim = sim_at_step(1, {"Answer": answer})
+    (iv,) = sim.scenario.definition.measurement.interviews
+    iv.questions = ["Do you know about a tasting at Pell Café today?"]
+    got = asyncio.run(interview_facts(sim))["party"]
+    assert got["knows"] == [] and got["unsupported"] == ["Ben Quill"]
