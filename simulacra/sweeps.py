@@ -30,6 +30,7 @@ import difflib
 import inspect
 import logging
 import math
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -527,6 +528,24 @@ def _ray_point(job: _Job, sink: Any) -> dict[str, Any]:
     return asyncio.run(_run_point(job, lambda p: sink.put.remote(p)))
 
 
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A RunError at once when nothing listens at a Ray address (``ray.init`` would retry for minutes)."""
+    if not address or address == "auto":
+        return
+    hostport = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunError(f"Ray address {address!r} is not HOST:PORT; use ray://HOST:10001 or HOST:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RunError(
+            f"nothing answers at the Ray cluster {address} ({exc.strerror or exc}); check that its head is up "
+            "(`ray start --head`) and the address (ray://HOST:10001 or HOST:6379), or leave it out to start a "
+            "local Ray"
+        ) from exc
+
+
 async def _on_ray(
     jobs: list[_Job], emit: Report, address: str | None, cpus: float, gpus: float, poll_s: float = 0.25
 ) -> list[dict[str, Any]]:
@@ -547,6 +566,7 @@ async def _on_ray(
         ) from exc
     started = not ray.is_initialized()
     if started:
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:

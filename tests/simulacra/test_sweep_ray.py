@@ -6,6 +6,8 @@ time goes into Ray's start (one session for the module) and its workers' imports
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 
 from simulacra.cli import app
 from simulacra.inference.backends.fake import ScriptedLLM
-from simulacra.storage import RunStore
+from simulacra.storage import RunError, RunStore
 from simulacra.sweeps import Point, PointProgress, SweepFileError, load_sweep_file, point_dir, sweep
 
 from ..agents.fakes import WordEmbedder, by_kind
@@ -105,6 +107,20 @@ def test_on_ray_an_interrupted_point_resumes_where_it_stopped(local_ray: None, t
     ref = sweep(residents=[3], seeds=[5], hours=0.5, out=whole, llm_factory=fake, embedder=WordEmbedder())
     assert stored(row.run_dir) == stored(ref["run_dir"][0])  # finished, 3 steps, the same events as uninterrupted
     assert RunStore(row.run_dir).events() == RunStore(ref["run_dir"][0]).events()
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whatever ran before
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RunError, match=f"nothing answers at the Ray cluster {re.escape(address)}"):
+            sweep(residents=[3], hours=0.2, out=tmp_path, llm_factory=fake, executor="ray", address=address)
+    with pytest.raises(RunError, match="is not HOST:PORT"):
+        sweep(residents=[3], hours=0.2, out=tmp_path, llm_factory=fake, executor="ray", address="headnode")
+    assert not list(tmp_path.rglob("run.db"))  # no point was started
 
 
 def test_on_ray_the_factory_must_pickle(local_ray: None, tmp_path: Path) -> None:
