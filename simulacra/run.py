@@ -396,7 +396,9 @@ class Run:
             run.store.set_status("paused", f"forked from {src} at step {step}")
         except BaseException:
             await llm.aclose()
+            store = run.store
             await run.aclose()
+            store.delete_rows()  # in a shared database: the half-made fork's rows
             shutil.rmtree(dest, ignore_errors=True)
             raise
         return run

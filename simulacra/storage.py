@@ -558,6 +558,19 @@ class RunStore:
             return [f"the saved state of step {row[0]} (the last) is not valid JSON; {recovery_hint(self.dir)}"]
         return []
 
+    def delete_rows(self) -> None:
+        """Remove this run's rows from a shared database (a fork or start that failed half-way); its own
+        ``run.db`` goes with its directory instead."""
+        if not self.shared:
+            return
+        from sqlalchemy import delete
+
+        tables = SQLModel.metadata.tables
+        with Session(self.engine) as s:
+            for name, _ in (*_STEP_TABLES, ("run", None)):
+                s.execute(delete(tables[name]).where(tables[name].c.run_id == self.key))
+            s.commit()
+
     def close(self) -> None:
         if self.shared:
             return  # the process's pool for that database stays, for the next run opened there
@@ -1064,7 +1077,6 @@ def fork_run(src_dir: str | Path, dest_dir: str | Path, step: int, *, db: str | 
 
 def _fork_shared(src: Path, dest: Path, step: int, db: str | None) -> dict:
     """``fork_run`` in a shared database: one INSERT ... SELECT per table, in one transaction."""
-    from sqlalchemy import insert, literal
 
     source = RunStore(src, db=db)
     last = source.last_step()
@@ -1072,6 +1084,17 @@ def _fork_shared(src: Path, dest: Path, step: int, db: str | None) -> dict:
         raise RunError(f"{src}: step {step} cannot be continued: it has steps 0-{last.step if last else None}")
     sim_time = source.step_row(step).sim_time
     target = RunStore(dest, create=True, db=source.db_url)
+    try:
+        _copy_shared(source, target, src, dest, step, sim_time)
+    except BaseException:
+        target.delete_rows()  # the run row made above: a failed copy leaves nothing
+        raise
+    return target.pointer
+
+
+def _copy_shared(source: RunStore, target: RunStore, src: Path, dest: Path, step: int, sim_time: Any) -> None:
+    from sqlalchemy import insert, literal
+
     tables = SQLModel.metadata.tables
     with Session(source.engine) as s:
         for name, column in (("run", None), *_STEP_TABLES):
@@ -1095,7 +1118,6 @@ def _fork_shared(src: Path, dest: Path, step: int, db: str | None) -> dict:
                 query = query.order_by(t.c.id)
             s.execute(insert(t).from_select([c.name for c in cols], query))
         s.commit()
-    return target.pointer
 
 
 def _fork_sqlite(src: Path, dest: Path, step: int) -> None:

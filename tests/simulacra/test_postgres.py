@@ -237,6 +237,20 @@ async def test_from_step_and_forks_of_a_database_run_stay_in_the_database(pg, tm
     assert RunStore(fork.dir).events() == RunStore(run.dir).events()
     assert {run.store.key, cont.store.key, fork.store.key} <= {r.run_id for r in list_db_runs(pg.url)}
 
+    async def broken(self, interventions, note) -> None:
+        raise OSError("disk full")
+
+    before = {r.run_id for r in list_db_runs(pg.url)}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Run, "_intervene", broken)
+        with pytest.raises(OSError):
+            await Run.afork(run.dir, 2, [], tmp_path / "half", llm=chatty(), embedder=WordEmbedder())
+    assert not (tmp_path / "half").exists()
+    assert {r.run_id for r in list_db_runs(pg.url)} == before  # the half-made fork left no rows behind
+    with Session(RunStore(run.dir).engine) as s:
+        orphans = s.exec(select(func.count()).select_from(StepRow).where(col(StepRow.run_id).not_in(before)))
+        assert orphans.one() == 0
+
 
 # ---- errors a user can act on -----------------------------------------------------------------------------
 
