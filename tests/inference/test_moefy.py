@@ -6,6 +6,8 @@ schemas work), written as GGUF the way llama.cpp lays a dense Llama out.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ from simulacra.inference.moefy.quality import compare
 from simulacra.inference.moefy.split import balanced_kmeans, fit_router, plan_moe
 from simulacra.inference.moefy.write import copy_field
 from simulacra.inference.packaged import default_model_path
+from simulacra.run import Run
+from simulacra.viewer_run import RunSource
 
 H, FFN, LAYERS, HEADS, KV_HEADS = 64, 256, 2, 4, 2
 
@@ -218,14 +222,24 @@ def test_requests_that_cannot_be_met_say_what_to_change(dense, tmp_path) -> None
 
 
 def test_town3_runs_an_hour_on_a_moefied_model(moefied, tmp_path) -> None:
-    """`simulacra run town3 --model MOE` as any run (about 15 s here on the tiny model)."""
-    import sqlite3
-
+    """`simulacra run town3 --model MOE` as any run: stopped at half an hour and resumed, replayed exactly from
+    its records, and read by the viewer."""
     _, gguf, _ = moefied
-    result = CliRunner().invoke(app, ["run", "town3", "--hours", "1", "--model", str(gguf), "--out", str(tmp_path)])
+    cli = CliRunner()
+    result = cli.invoke(app, ["run", "town3", "--hours", "0.5", "--model", str(gguf), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    (db,) = tmp_path.glob("*/run.db")
-    with sqlite3.connect(db) as conn:
-        status, done = conn.execute("select status, steps_done from run").fetchone()
+    (run_dir,) = (tmp_path / "r").iterdir()
+    result = cli.invoke(app, ["resume", str(run_dir), "--hours", "0.5"])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(run_dir / "run.db") as conn:
+        done, model = conn.execute("select steps_done, model from run").fetchone()
         calls = conn.execute("select count(*) from call").fetchone()[0]
-    assert status == "finished" and done == 6 and calls > 0
+    assert done == 6 and calls > 0 and model == str(gguf)  # the resume kept the MoE
+    result = cli.invoke(app, ["replay", str(run_dir), "--out", str(tmp_path / "replayed")])
+    assert result.exit_code == 0 and "identical:" in result.output, result.output
+    run = Run.open(run_dir, probe=False)
+    try:
+        snap = RunSource(run).snapshot()
+        assert snap["step"] == 6 and len(snap["residents"]) == 3 and snap["run"]["metrics"]
+    finally:
+        asyncio.run(run.aclose())
