@@ -103,7 +103,7 @@ def set_k(lm: LoadedModel, k: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--moe", required=True, help="the moefied model (GGUF or folder)")
+    ap.add_argument("--moe", required=True, nargs="+", help="moefied model(s), GGUF or folder")
     ap.add_argument("--dense", default=None, help="the dense model (default: the packaged SmolLM2)")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
@@ -127,13 +127,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     run("dense", load_model(args.dense), None)
-    variants = [("moe", True)] + ([("moe float experts", False)] if args.float_experts else [])
-    for name, quantised in variants:
-        lm = load_model(args.moe, quantized_experts=quantised)
-        kind = lm.info.expert_quantization or str(lm.model.dtype).removeprefix("torch.")
-        for k in args.ks:
-            set_k(lm, k)
-            run(f"{name} ({kind})", lm, k)
+    modes = [True, False] if args.float_experts else [True]
+    for path in args.moe:
+        for quantised in modes:
+            lm = load_model(path, quantized_experts=quantised)
+            kind = lm.info.expert_quantization or f"float experts, {str(lm.model.dtype).removeprefix('torch.')}"
+            for k in args.ks:
+                set_k(lm, k)
+                run(f"moe {Path(path).name} ({kind})", lm, k)
     out = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "moe": args.moe,
