@@ -33,7 +33,7 @@ from simulacra.world import (
 )
 from simulacra.world.perception import Perception
 
-from . import lines, prompts
+from . import commitments, lines, prompts
 from .conversation import Conversation
 from .facts import TownEvent
 from .memory import MemoryStream, Retrieved
@@ -112,6 +112,7 @@ class Citizen(Resident):
         self.told: dict[str, list[int]] = {}  # partner -> seqs of the memories told them
         self.my_lines: list[str] = []  # my last conversation lines (a new line may not repeat them)
         self.event_choices: dict[str, bool] = {}  # event id -> going (decided in a plan)
+        self.commitments: list[TownEvent] = []  # meetings agreed in conversation, decided on like events
 
     @property
     def stream(self) -> MemoryStream:
@@ -244,23 +245,34 @@ class Citizen(Resident):
         self.log("day_plan", wake_up=wake, plan=plan, schedule=[_slot_json(s) for s in self.schedule])
 
     def events_to_decide(self) -> list[TownEvent]:
-        """Today's events still to come that I have heard of (a memory tells of them) and not yet decided on."""
+        """Today's events still to come that I have heard of (a memory tells of them) or agreed to in a
+        conversation, and not yet decided on."""
         soc, now = self.society, self.town.now
-        today = now.date()
+        memories = [m.text for m in self.stream.memories]
         return [
             ev
-            for ev in soc.events
-            if ev.start.date() == today
+            for ev in [*soc.events, *self.commitments]
+            if ev.start.date() == now.date()
             and ev.end > now
             and ev.id not in self.event_choices
-            and soc.facts.heard_of(self.name, ev, [m.text for m in self.stream.memories])
+            and (ev in self.commitments or soc.facts.heard_of(self.name, ev, memories))
         ]
 
     def is_chosen_event(self, slot: Slot) -> bool:
         return any(
             self.event_choices.get(ev.id) and slot.activity == ev.title[:48] and slot.place == ev.place
-            for ev in self.society.events
+            for ev in [*self.society.events, *self.commitments]
         )
+
+    def commit(self, ev: TownEvent) -> None:
+        """Take on a meeting agreed in conversation (once): remembered, logged, offered at the next plan."""
+        if any(c.id == ev.id for c in self.commitments):
+            return
+        now = self.town.now
+        self.commitments = [c for c in self.commitments if c.end > now - timedelta(days=1)] + [ev]
+        other = ev.title.removeprefix("meeting ")
+        self.remember("plan", f"I agreed to meet {other} at {ev.place} at {ev.start:%H:%M} on {ev.start:%A}.")
+        self.log("commitment", event=ev.id, other=other, place=ev.place, start=ev.start.isoformat(), by=ev.host)
 
     def choose_event(self, events: list[TownEvent], out: Any, plan: str) -> Slot | None:
         """Apply a plan's ``event`` choice: the chosen event's hours go into the schedule; every offered event is
@@ -528,6 +540,12 @@ class Citizen(Resident):
             for speaker, line in conv.news:
                 if speaker != name:
                     mind.remember("heard", f"{speaker.split()[0]} told me: {lines.strip_greeting(line)}")
+            for speaker, line, _ in conv.turns:
+                if self.society.facts.mentions(line):
+                    continue  # a tracked fact's own event is offered as that event
+                got = commitments.proposed(line, [p.name for p in town.map.places], town.now)
+                if got is not None:
+                    mind.commit(commitments.meeting(name, other, speaker, *got))
         town.social.record_interaction(conv.a, conv.b, town.steps)
         self.log("conversation_end", conversation=conv.id, other=conv.b, turns=len(conv.turns), reason=conv.end_reason)
 
@@ -676,6 +694,7 @@ class Citizen(Resident):
             "told": self.told,
             "my_lines": self.my_lines,
             "event_choices": self.event_choices,
+            "commitments": [commitments.to_json(c) for c in self.commitments],
         }
 
     def load_mind_state(self, state: dict) -> None:
@@ -689,6 +708,7 @@ class Citizen(Resident):
         self.told = {k: [int(x) for x in v] for k, v in state.get("told", {}).items()}  # older runs: none
         self.my_lines = list(state.get("my_lines", []))
         self.event_choices = {k: bool(v) for k, v in state.get("event_choices", {}).items()}
+        self.commitments = [commitments.from_json(c) for c in state.get("commitments", [])]
 
 
 def _slot_json(s: Slot) -> dict:
