@@ -19,8 +19,10 @@ import asyncio
 import re
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from simulacra.agents import commitments
 from simulacra.simulation import Simulation
 from simulacra.storage import RunStore
 from simulacra.world import parse_time_of_day
@@ -137,6 +139,24 @@ def whereabouts(store: RunStore, sim: Simulation, ev: Any) -> dict[str, str]:
     return {name: c.most_common(1)[0][0] for name, c in seen.items()}
 
 
+def meetings(store: RunStore, sim: Simulation) -> dict[str, int]:
+    """Meetings agreed in conversation (``commitment`` events, one per partner): how many were made, how
+    many are over by now, and in how many of those the resident was at the place for part of the hour."""
+    clock = sim.town.clock
+    made = [e for e in store.events() if e["kind"] == "commitment"]
+    due = [e for e in made if clock.step_of(datetime.fromisoformat(e["start"])) < sim.town.steps]
+    kept = 0
+    for e in due:
+        start = clock.step_of(datetime.fromisoformat(e["start"]))
+        end = min(start + max(1, round(commitments.MEETING_MINUTES / clock.minutes_per_step)), sim.town.steps + 1)
+        kept += any(
+            r["name"] == e["resident"] and _area(r["place"]) == _area(e["place"])
+            for step in range(start, end)
+            for r in store.frame_at(step)["residents"]
+        )
+    return {"made": len(made), "due": len(due), "kept": kept}
+
+
 def planned_to_attend(store: RunStore, sim: Simulation, ev: Any) -> set[str]:
     """Residents whose last day schedule made on the event's day, or an hour plan, had them at the
     event's place for part of its hours (the plans are the logged ``day_plan`` / ``hour_plan`` events)."""
@@ -217,6 +237,9 @@ def summary(
         if "absent" in c:
             conflict = sum(a["planned"] for a in c["absent"].values())
             out[f"{ev}: absent invitees (planned to go / did not plan)"] = f"{conflict} / {len(c['absent']) - conflict}"
+    if store is not None:
+        m = meetings(store, sim)
+        out["meetings agreed in conversation: made / due → kept"] = f"{m['made']} / {m['due']} → {m['kept']}"
     if interviews:
         for fid, f in interviews.get("facts", {}).items():
             out[f"knows {fid} (interview)"] = f"{len(f['knows'])} of {n} ({len(f['unsupported'])} unsupported)"

@@ -6,6 +6,8 @@ from datetime import datetime
 from simulacra.agents import MindConfig
 from simulacra.agents.commitments import meeting_time, named_place, proposed
 from simulacra.inference.backends.fake import ScriptedLLM
+from simulacra.metrics import meetings
+from simulacra.run import Run
 from simulacra.simulation import Simulation
 
 from .fakes import WordEmbedder, by_kind
@@ -89,3 +91,15 @@ async def test_a_meeting_agreed_in_conversation_is_offered_and_kept() -> None:
     ben.commitments = []
     ben.load_mind_state(state)
     assert ben.commitments == [mine]
+
+
+async def test_the_measure_counts_meetings_made_due_and_kept(tmp_path) -> None:
+    run = Run.create(
+        "scenarios/town3.yaml", out=tmp_path, seed=3, hours=9.5, llm=ScriptedLLM(script({"Ben Quill"}, {})),
+        embedder=WordEmbedder(), config=MindConfig(seed=3),
+    )  # fmt: skip
+    try:
+        await run.arun(steps=8 * 6 + 3)  # to 15:30: the meeting has begun
+        assert meetings(run.store, run.sim) == {"made": 2, "due": 2, "kept": 1}  # Ben came, Ada did not
+    finally:
+        await run.aclose()
