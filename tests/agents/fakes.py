@@ -68,3 +68,22 @@ class WordEmbedder:
                 out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-9)
+
+
+def who(prompt: str) -> str:
+    """The resident a prompt is written for ("You are Ada Quill, …")."""
+    return re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
+
+
+def talk(prompt: str, schema: Any) -> dict:
+    """A Reaction answer: always start a conversation."""
+    return {"decision": "talk", "reason": "say hello"}
+
+
+def saying(speaker: str, line: str, others: str) -> Answer:
+    """An Utterance answer: ``speaker`` says ``line``, everyone else ``others``; nobody ends the talk."""
+
+    def says(prompt: str, schema: Any) -> dict:
+        return {"says": line if who(prompt) == speaker else others, "end": False}
+
+    return says

@@ -10,8 +10,8 @@ from simulacra.metrics import meetings
 from simulacra.run import Run
 from simulacra.simulation import Simulation
 
-from .fakes import WordEmbedder, by_kind
-from .test_events import TOWN3, who
+from .fakes import WordEmbedder, by_kind, saying, talk, who
+from .test_events import TOWN3
 
 THURSDAY_10 = datetime(2025, 4, 10, 10, 0)  # a Thursday
 
@@ -37,13 +37,6 @@ def test_a_place_is_named_in_full_and_the_longest_wins() -> None:
 
 
 def script(going: set[str], offered: dict):
-    def talk(prompt, schema):
-        return {"decision": "talk", "reason": "say hello"}
-
-    def says(prompt, schema):
-        line = "Shall we meet at Pell Green at 3 pm?" if who(prompt) == "Ada Quill" else "Yes, gladly."
-        return {"says": line, "end": False}
-
     def hour(prompt, schema):
         name = who(prompt)
         step = {"minutes": 15, "action": "reading", "emoji": "📖", "place": "Ash House"}
@@ -55,6 +48,7 @@ def script(going: set[str], offered: dict):
                 out |= {"event": labels[0] if name in going else "none", "why": "I said I would"}
         return out
 
+    says = saying("Ada Quill", "Shall we meet at Pell Green at 3 pm?", "Yes, gladly.")
     return by_kind({"Reaction": talk, "Utterance": says, "HourPlan": hour})
 
 

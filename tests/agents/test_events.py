@@ -9,23 +9,12 @@ from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 
-from .fakes import WordEmbedder, by_kind
+from .fakes import WordEmbedder, by_kind, saying, talk, who
 
 TOWN3 = load_scenario("scenarios/town3.yaml")  # Cora hosts a tasting at Pell Café, 17:00-18:00
 
 
-def who(prompt: str) -> str:
-    return re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
-
-
 def script(offered: dict, going: set[str]):
-    def talk(prompt, schema):
-        return {"decision": "talk", "reason": "say hello"}
-
-    def says(prompt, schema):
-        line = "Come to my tasting at five!" if who(prompt) == "Cora Lind" else "Lovely, thank you."
-        return {"says": line, "end": False}
-
     def hour(prompt, schema):
         name = who(prompt)
         afternoon = int(re.search(r"It is (\d\d):", prompt).group(1)) >= 16
@@ -38,6 +27,7 @@ def script(offered: dict, going: set[str]):
             out |= {"event": label, "why": "Cora invited me"} if name in going else {"event": "none", "why": "busy"}
         return out
 
+    says = saying("Cora Lind", "Come to my tasting at five!", "Lovely, thank you.")
     return by_kind({"Reaction": talk, "Utterance": says, "HourPlan": hour})
 
 

@@ -20,7 +20,7 @@ from simulacra.run import Run
 from simulacra.scenario import load_scenario
 from simulacra.simulation import Simulation
 
-from ..agents.fakes import WordEmbedder, by_kind
+from ..agents.fakes import WordEmbedder, by_kind, saying, talk, who
 
 TOWN3 = "scenarios/town3.yaml"
 
@@ -122,15 +122,7 @@ def test_measure_on_a_finished_run_writes_all_three_interviews(tmp_path) -> None
     """07:00 to 18:00, through the whole tasting: Cora tells Ada about it at the café in the morning,
     Ada's afternoon hour plans send her to the green instead, Ben never hears of it."""
 
-    def who(prompt: str) -> str:
-        return re.search(r"You are ([A-Z][a-z]+ [A-Z][a-z]+)", prompt).group(1)
-
-    def talk(prompt, schema):
-        return {"decision": "talk", "reason": "say hello"}
-
-    def says(prompt, schema):
-        line = "Come to my tasting at five!" if who(prompt) == "Cora Lind" else "Lovely, thank you."
-        return {"says": line, "end": False}
+    says = saying("Cora Lind", "Come to my tasting at five!", "Lovely, thank you.")
 
     def hour(prompt, schema):
         afternoon = int(re.search(r"It is (\d\d):", prompt).group(1)) >= 16
