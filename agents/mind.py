@@ -532,6 +532,13 @@ class Citizen(Resident):
         """Both remember the conversation, and each what the other told them (news they may pass on, in
         words that carry no "Name:" prefix); the social graph records it."""
         town = self.town
+        places = [p.name for p in town.map.places]
+        meetings = [  # a tracked fact's own event is offered as that event, not as a meeting
+            (speaker, got)
+            for speaker, line, _ in conv.turns
+            if not self.society.facts.mentions(line)
+            and (got := commitments.proposed(line, places, town.now)) is not None
+        ]
         for name in (conv.a, conv.b):
             other = conv.other(name)
             said = " ".join(f"{s.split()[0]}: {t}" for s, t, _ in conv.turns)
@@ -540,12 +547,8 @@ class Citizen(Resident):
             for speaker, line in conv.news:
                 if speaker != name:
                     mind.remember("heard", f"{speaker.split()[0]} told me: {lines.strip_greeting(line)}")
-            for speaker, line, _ in conv.turns:
-                if self.society.facts.mentions(line):
-                    continue  # a tracked fact's own event is offered as that event
-                got = commitments.proposed(line, [p.name for p in town.map.places], town.now)
-                if got is not None:
-                    mind.commit(commitments.meeting(name, other, speaker, *got))
+            for speaker, got in meetings:
+                mind.commit(commitments.meeting(name, other, speaker, *got))
         town.social.record_interaction(conv.a, conv.b, town.steps)
         self.log("conversation_end", conversation=conv.id, other=conv.b, turns=len(conv.turns), reason=conv.end_reason)
 
