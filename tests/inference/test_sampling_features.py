@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,14 +26,12 @@ from simulacra.inference.backends.fake import ScriptedLLM
 from simulacra.inference.backends.http import OpenAIHTTPBackend
 from simulacra.inference.backends.recording import RecordingLLM, ReplayLLM, read_jsonl, write_jsonl
 from simulacra.inference.backends.server import running
-from simulacra.inference.config import ModelConfig
 from simulacra.inference.engine import Engine, EngineConfig
 from simulacra.inference.engine.sampling import NgramBans, Penalties, apply_penalties, ngram_table
 from simulacra.inference.engine.sequence import Status
-from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
-from simulacra.inference.model import Transformer
+from simulacra.inference.loader import LoadedModel
 from simulacra.inference.port import GenerateResult, RequestError, SamplingParams, request_key, sample_seed
-from tests.inference.tiny_models import spread_init
+from tests.inference.tiny_models import tiny_llama_with_packaged_tokenizer
 
 MODEL = "tiny"
 PROMPT = "The baker opened the shop early and the whole street smelled of fresh bread and coffee."
@@ -47,25 +44,7 @@ class Visit(BaseModel):
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> LoadedModel:
-    """A 2-layer random fp32 Llama as wide as SmolLM2's vocabulary, with the packaged tokenizer."""
-    tok = load_tokenizer()
-    cfg = ModelConfig(
-        family="llama",
-        vocab_size=tok.vocab_size,
-        hidden_size=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=16,
-        intermediate_size=96,
-        max_position=512,
-        tie_embeddings=True,
-    )
-    model = Transformer(cfg)
-    model.tie_weights()
-    spread_init(model, torch.Generator().manual_seed(7))
-    info = ModelInfo(path=Path("tiny-llama"), format="safetensors", config=cfg, quantization="F32", total_params=0)
-    return LoadedModel(info, model.eval(), tok)
+    return tiny_llama_with_packaged_tokenizer()
 
 
 def new_engine(lm: LoadedModel, like: Engine | None = None) -> Engine:

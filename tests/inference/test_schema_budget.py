@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import torch
 from pydantic import BaseModel, Field
 
 from simulacra.inference.backends.server import running
-from simulacra.inference.config import ModelConfig
 from simulacra.inference.engine import Engine, EngineConfig
 from simulacra.inference.engine.structured import GrammarCompiler
-from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
-from simulacra.inference.model import Transformer
+from simulacra.inference.loader import LoadedModel
 from simulacra.inference.port import RequestError
 from tests.inference.test_structured import RAW_SCHEMA, Day, Place
-from tests.inference.tiny_models import spread_init
+from tests.inference.tiny_models import tiny_llama_with_packaged_tokenizer
 
 MODEL = "tiny"
 
@@ -58,26 +54,7 @@ def check_value(schema: Any, text: str) -> Any:
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> LoadedModel:
-    """A 2-layer random Llama as wide as SmolLM2's vocabulary, with the packaged tokenizer."""
-    tok = load_tokenizer()
-    cfg = ModelConfig(
-        family="llama",
-        vocab_size=tok.vocab_size,
-        hidden_size=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=16,
-        intermediate_size=96,
-        max_position=512,
-        tie_embeddings=True,
-    )
-    model = Transformer(cfg)
-    model.tie_weights()
-    spread_init(model, torch.Generator().manual_seed(7))
-    params = sum(p.numel() for p in model.parameters())
-    info = ModelInfo(path=Path("tiny-llama"), format="safetensors", config=cfg, quantization="F32", total_params=params)
-    return LoadedModel(info, model.eval(), tok)
+    return tiny_llama_with_packaged_tokenizer()
 
 
 def new_engine(lm: LoadedModel, like: Engine | None = None) -> Engine:

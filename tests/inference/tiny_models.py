@@ -7,8 +7,12 @@ choices are far from trivial; what the parity tests compare is then a real compu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from simulacra.inference.loader import LoadedModel
 
 COMMON = dict(
     vocab_size=96,
@@ -104,6 +108,34 @@ def spread_init(model: torch.nn.Module, generator: torch.Generator | None = None
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=generator)
             p.copy_(1.0 + 0.2 * noise if "norm" in name else noise / p.shape[-1] ** 0.5)
+
+
+def tiny_llama_with_packaged_tokenizer() -> LoadedModel:
+    """A 2-layer random fp32 Llama as wide as SmolLM2's vocabulary, with the packaged tokenizer: real
+    text and real schemas go through it, at a tiny model's speed."""
+    from simulacra.inference.config import ModelConfig
+    from simulacra.inference.loader import LoadedModel, ModelInfo, load_tokenizer
+    from simulacra.inference.model import Transformer
+
+    tok = load_tokenizer()
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        intermediate_size=96,
+        max_position=512,
+        tie_embeddings=True,
+    )
+    model = Transformer(cfg)
+    model.tie_weights()
+    spread_init(model, torch.Generator().manual_seed(7))
+    params = sum(p.numel() for p in model.parameters())
+    info = ModelInfo(path=Path("tiny-llama"), format="safetensors", config=cfg, quantization="F32", total_params=params)
+    return LoadedModel(info, model.eval(), tok)
 
 
 def save_reference(model, folder: Path, max_shard_size: str | None = None) -> Path:
