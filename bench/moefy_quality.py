@@ -34,7 +34,8 @@ import torch
 
 from simulacra.calibration import town_prompts
 from simulacra.inference.loader import load_model
-from simulacra.inference.moefy import FfnInputs, build_moe, plan_moe, sequences, serve, summary
+from simulacra.inference.moefy import build_moe, plan_moe, sequences, serve, summary
+from simulacra.inference.moefy import capture as capture_states
 from simulacra.inference.moefy.quality import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +52,7 @@ def capture(lm, args) -> dict:  # noqa: ANN001
     prompts = town_prompts(args.scenario)
     fit, held = [p for p in prompts if not p.heldout], [p for p in prompts if p.heldout]
     t0 = time.perf_counter()
-    cap = FfnInputs(lm.model, keep=args.keep, seed=0)
-    serve(lm, fit, capture=cap, max_tokens=args.answer_tokens)
+    cap = capture_states(lm.model, sequences(lm, fit, serve(lm, fit, max_tokens=args.answer_tokens)), keep=args.keep)
     t1 = time.perf_counter()
     answers = serve(lm, held, seed=1, max_tokens=args.answer_tokens)
     data = {

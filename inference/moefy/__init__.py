@@ -3,8 +3,9 @@
 One module per job, in the order the work is done (the method and its choices: `docs/KERNELS.md`,
 "A MoE from the dense model"):
 
-- `capture`: the dense model answers prompts through the engine; forward pre-hooks keep every layer's
-  FFN input (what a router reads);
+- `capture`: the dense model answers prompts through the engine (deterministic mode); then one
+  forward pass per (prompt, answer), with pre-hooks keeping every layer's FFN input (what a router
+  reads);
 - `split`: per layer, balanced k-means of the FFN neurons into E equal experts (by co-activation, or
   by their weights), a least-squares router to the experts' output norms, and the MoE `Transformer`;
 - `write`: a Mixtral safetensors folder (loads in `transformers`) or a llama.cpp-style GGUF;
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from simulacra.inference.loader import LoadedModel
 from simulacra.inference.model import Transformer
-from simulacra.inference.moefy.capture import FfnInputs, PromptLike, sequences, serve
+from simulacra.inference.moefy.capture import FfnInputs, PromptLike, capture, sequences, serve
 from simulacra.inference.moefy.split import (
     METHODS,
     MoefyError,
@@ -66,9 +67,9 @@ def moefy(
     if not prompts:
         raise MoefyError("no calibration prompts")
     t0 = time.perf_counter()
-    cap = FfnInputs(lm.model, keep=keep, seed=seed)
-    results = serve(lm, prompts, seed=seed, capture=cap, max_tokens=answer_tokens)
+    results = serve(lm, prompts, seed=seed, max_tokens=answer_tokens)
     answered = sum(r is not None for r in results)
+    cap = capture(lm.model, sequences(lm, prompts, results), keep=keep, seed=seed)
     inputs = cap.tensors(max_rows, seed=seed)
     t1 = time.perf_counter()
     log(f"captured {inputs[0].shape[0]:,} of {cap.n_rows:,} tokens from {answered} answers in {t1 - t0:.0f}s")
@@ -97,6 +98,7 @@ __all__ = [
     "Moefied",
     "MoefyError",
     "build_moe",
+    "capture",
     "check_request",
     "moefy",
     "plan_moe",

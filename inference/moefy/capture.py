@@ -1,9 +1,10 @@
-"""Hidden states captured while the dense model itself serves prompts through the engine.
+"""Hidden states of the dense model over the town's prompts and its own answers to them.
 
 The routers are fitted on each layer's FFN input (the post-attention RMSNorm output: what a Mixtral
-router reads). Capturing inside the engine, with its schema-constrained sampling and prefix cache,
-gives the states the town really produces: prompt tokens once per distinct prefix, and the decode
-tokens of the model's own JSON answers.
+router reads). The engine answers the prompts first, with the town's schema-constrained sampling;
+then one forward pass per (prompt, answer) keeps the states the town really produces: prompt tokens
+once per distinct prefix (as the engine's prefix cache computes them), and the tokens of the model's
+own JSON answers. Both passes are independent of batching, so the same prompts give the same MoE.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import torch
 from torch import Tensor
 
 from simulacra.inference.engine import Engine, EngineConfig
+from simulacra.inference.kvcache import ContiguousKV
 from simulacra.inference.loader import LoadedModel
+from simulacra.inference.model import Transformer
+from simulacra.inference.moefy.quality import common_prefix
 from simulacra.inference.port import GenerateResult, RequestError
 
 
@@ -29,7 +33,8 @@ class PromptLike(Protocol):
 class FfnInputs:
     """Forward pre-hooks on every layer's FFN keeping (a random `keep` share of) its input rows.
 
-    Every layer keeps the same rows of a forward pass, so row r of each layer is one token."""
+    Every layer keeps the same rows of a forward pass, so row r of each layer is one token; the
+    first `skip` rows of a pass are never kept."""
 
     def __init__(self, model: torch.nn.Module, keep: float = 1.0, seed: int = 0) -> None:
         self.layers = list(model.layers)
@@ -37,6 +42,7 @@ class FfnInputs:
         self.gen = torch.Generator().manual_seed(seed)
         self.rows: list[list[Tensor]] = [[] for _ in self.layers]
         self._mask: Tensor | None = None
+        self.skip = 0
         self._handles: list[Any] = []
 
     def __enter__(self) -> FfnInputs:
@@ -54,6 +60,7 @@ class FfnInputs:
             x = args[0]
             if i == 0:
                 self._mask = torch.rand(x.shape[0], generator=self.gen) < self.keep
+                self._mask[: self.skip] = False
             assert self._mask is not None
             self.rows[i].append(x[self._mask].detach().to(torch.float16, copy=True))
 
@@ -79,14 +86,16 @@ def serve(
     temperature: float = 0.7,
     top_p: float = 0.95,
     seed: int = 0,
-    capture: FfnInputs | None = None,
     max_num_seqs: int = 64,
     max_tokens: int | None = None,
 ) -> list[GenerateResult | None]:
     """Answer every prompt through an engine over `lm` (None where the engine refused it), with the
-    town's sampling; hidden states go to `capture` while it runs. `max_tokens` caps each prompt's own
-    budget (the grammar closes the JSON when it runs out): long schedules add little but wall time."""
-    engine = Engine(lm, EngineConfig(kv_cache_gb=0.5, max_num_seqs=max_num_seqs, device="cpu", seed=seed))
+    town's sampling. The engine runs in its deterministic mode, so the answers do not depend on how
+    the prompts happened to be batched: the same prompts and seed give the same MoE. `max_tokens`
+    caps each prompt's own budget (the grammar closes the JSON when it runs out): long schedules add
+    little but wall time."""
+    config = EngineConfig(kv_cache_gb=0.5, max_num_seqs=max_num_seqs, device="cpu", seed=seed, deterministic=True)
+    engine = Engine(lm, config)
 
     async def one(i: int, p: PromptLike) -> GenerateResult | None:
         budgets = [min(p.max_tokens, max_tokens or p.max_tokens), p.max_tokens]
@@ -110,10 +119,29 @@ def serve(
         finally:
             await engine.aclose()
 
-    if capture is None:
-        return asyncio.run(run())
-    with capture:
-        return asyncio.run(run())
+    return asyncio.run(run())
+
+
+def capture(
+    model: Transformer, pairs: Sequence[tuple[list[int], list[int]]], keep: float = 1.0, seed: int = 0
+) -> FfnInputs:
+    """Every layer's FFN inputs over each (prompt, answer), one sequence per forward pass in sorted
+    order, each token once: a prefix shared with an earlier sequence (in sorted order, the longest
+    one is shared with the one just before) has the same states and is not kept again. Capturing
+    inside the engine would keep rows by how its steps happened to be batched; this pass keeps the
+    same rows on every run."""
+    cap = FfnInputs(model, keep=keep, seed=seed)
+    before: list[int] = []
+    with cap, torch.inference_mode():
+        for ids in sorted(prompt + answer for prompt, answer in pairs):
+            cap.skip = common_prefix([before, ids])
+            before = ids
+            if cap.skip == len(ids):
+                continue
+            kv = ContiguousKV(model.cfg.n_layers, 1)
+            kv.set_batch([0], [len(ids)])
+            model(torch.tensor(ids), torch.arange(len(ids)), kv, logits_rows=torch.tensor([len(ids) - 1]))
+    return cap
 
 
 def sequences(

@@ -47,7 +47,7 @@ class Scores:
         }
 
 
-def _common_prefix(seqs: Sequence[list[int]]) -> int:
+def common_prefix(seqs: Sequence[list[int]]) -> int:
     n = min(len(s) for s in seqs)
     for i in range(n):
         t = seqs[0][i]
@@ -63,7 +63,7 @@ def group_by_prefix(pairs: Sequence[Pair], share: float = 0.5) -> list[list[Pair
     for p in pairs:
         if groups:
             first = groups[-1][0][0]
-            if _common_prefix([first, p[0]]) >= share * min(len(first), len(p[0])):
+            if common_prefix([first, p[0]]) >= share * min(len(first), len(p[0])):
                 groups[-1].append(p)
                 continue
         groups.append([p])
@@ -157,7 +157,7 @@ def compare(
     scores = {name: Scores() for name in models}
     for group in group_by_prefix(pairs):
         prompts = [p for p, _ in group]
-        start = _common_prefix(prompts) if len(group) > 1 else len(prompts[0]) - 1
+        start = common_prefix(prompts) if len(group) > 1 else len(prompts[0]) - 1
         start = min(start, min(len(p) for p in prompts) - 1)  # every ask keeps at least one token
         prefix, asks, answers = prompts[0][:start], [p[start:] for p in prompts], [a for _, a in group]
         ref = _run_group(reference, prefix, asks, answers, greedy_tokens)
@@ -176,7 +176,7 @@ def compare(
                 s.answer_top1 += int(agree[ans].sum())
                 s.answer_kl += float(kl[ans].sum())
             for want, g in zip(ref_greedy, got.greedy, strict=True):
-                same = _common_prefix([want, g[: len(want)]])
+                same = common_prefix([want, g[: len(want)]])
                 s.greedy_prefix += same / len(want)
                 s.greedy_exact += int(same == len(want))
                 s.prompts += 1

@@ -96,15 +96,24 @@ def dense(tmp_path_factory) -> Path:
     return tiny_dense_gguf(tmp_path_factory.mktemp("dense") / "tiny.gguf")
 
 
-@pytest.fixture(scope="module")
-def moefied(dense, tmp_path_factory) -> tuple[Path, Path, str]:
-    """`simulacra moefy` on the tiny model: a Mixtral folder and a Q8_0-expert GGUF."""
-    out = tmp_path_factory.mktemp("moe")
+def run_moefy(dense: Path, out: Path) -> tuple[Path, Path, str]:
     folder, gguf = out / "moe", out / "moe.gguf"
     args = ["moefy", str(dense), "--experts", "8", "--top-k", "2", "-o", str(folder), "--gguf", str(gguf)]
     result = CliRunner().invoke(app, [*args, "--expert-type", "q8_0", "--scenario", "town3", "--answer-tokens", "16"])
     assert result.exit_code == 0, result.output
     return folder, gguf, result.output
+
+
+@pytest.fixture(scope="module")
+def moefied(dense, tmp_path_factory) -> tuple[Path, Path, str]:
+    """`simulacra moefy` on the tiny model: a Mixtral folder and a Q8_0-expert GGUF."""
+    return run_moefy(dense, tmp_path_factory.mktemp("moe"))
+
+
+def test_moefy_twice_writes_the_same_model(dense, moefied, tmp_path) -> None:
+    """The calibration answers and the captured states do not depend on how the engine batched them."""
+    _, again, _ = run_moefy(dense, tmp_path)
+    assert again.read_bytes() == moefied[1].read_bytes()
 
 
 TOKENS = [1, 504, 3458, 314, 253, 1345, 28, 2, 198, 33, 4100, 42, 17, 999, 5]
@@ -162,10 +171,18 @@ def test_moefy_writes_a_mixtral_folder_and_a_gguf_the_loader_reads(moefied) -> N
     assert a.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]) == b.tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}]
     )
+    # the GGUF's experts are the folder's, to within Q8_0's rounding (a wrong layout would be far off)
+    c = load_model(gguf, dtype=torch.float32, quantized_experts=False)
+    for la_, lc_ in zip(a.model.layers, c.model.layers, strict=True):
+        for name in ("gate_up", "down"):
+            wa, wc = getattr(la_.ffn, name), getattr(lc_.ffn, name)
+            assert ((wa - wc).abs() <= wa.abs().amax(-1, keepdim=True) / 127 + 1e-6).all(), name
     la, lb = logits(a.model, TOKENS), logits(b.model, TOKENS)
-    # Q8_0 experts against fp32 ones: close, and the same next token almost everywhere
+    # Q8_0 experts against fp32 ones: the same next token almost everywhere, and close logits on most
+    # tokens (a rounding can flip a near-tied top-2 routing choice, which moves that token's logits)
     assert (la.argmax(-1) == lb.argmax(-1)).float().mean() >= 0.8
-    assert (la - lb).abs().max() < 0.1 * la.abs().max()
+    per_token = (la - lb).abs().amax(-1) / la.abs().amax(-1)
+    assert per_token.median() < 0.05, per_token
 
 
 @pytest.mark.slow  # transformers is the reference implementation
