@@ -33,8 +33,7 @@ class PromptLike(Protocol):
 class FfnInputs:
     """Forward pre-hooks on every layer's FFN keeping (a random `keep` share of) its input rows.
 
-    Every layer keeps the same rows of a forward pass, so row r of each layer is one token; the
-    first `skip` rows of a pass are never kept."""
+    Every layer keeps the same rows of a forward pass, so row r of each layer is one token."""
 
     def __init__(self, model: torch.nn.Module, keep: float = 1.0, seed: int = 0) -> None:
         self.layers = list(model.layers)
@@ -42,7 +41,6 @@ class FfnInputs:
         self.gen = torch.Generator().manual_seed(seed)
         self.rows: list[list[Tensor]] = [[] for _ in self.layers]
         self._mask: Tensor | None = None
-        self.skip = 0
         self._handles: list[Any] = []
 
     def __enter__(self) -> FfnInputs:
@@ -60,7 +58,6 @@ class FfnInputs:
             x = args[0]
             if i == 0:
                 self._mask = torch.rand(x.shape[0], generator=self.gen) < self.keep
-                self._mask[: self.skip] = False
             assert self._mask is not None
             self.rows[i].append(x[self._mask].detach().to(torch.float16, copy=True))
 
@@ -125,22 +122,26 @@ def serve(
 def capture(
     model: Transformer, pairs: Sequence[tuple[list[int], list[int]]], keep: float = 1.0, seed: int = 0
 ) -> FfnInputs:
-    """Every layer's FFN inputs over each (prompt, answer), one sequence per forward pass in sorted
-    order, each token once: a prefix shared with an earlier sequence (in sorted order, the longest
-    one is shared with the one just before) has the same states and is not kept again. Capturing
-    inside the engine would keep rows by how its steps happened to be batched; this pass keeps the
-    same rows on every run."""
+    """Every layer's FFN inputs over each (prompt, answer), in sorted order, each token once: the
+    prefix a sequence shares with the one before it (in sorted order, the longest it shares with any
+    earlier one) keeps that one's K/V and only the rest is run. Capturing inside the engine would
+    keep rows by how its steps happened to be batched; this pass keeps the same rows on every run."""
     cap = FfnInputs(model, keep=keep, seed=seed)
     before: list[int] = []
+    kv = ContiguousKV(model.cfg.n_layers, 1)
     with cap, torch.inference_mode():
         for ids in sorted(prompt + answer for prompt, answer in pairs):
-            cap.skip = common_prefix([before, ids])
-            before = ids
-            if cap.skip == len(ids):
+            shared = common_prefix([before, ids])
+            if shared == len(ids):
                 continue
-            kv = ContiguousKV(model.cfg.n_layers, 1)
-            kv.set_batch([0], [len(ids)])
-            model(torch.tensor(ids), torch.arange(len(ids)), kv, logits_rows=torch.tensor([len(ids) - 1]))
+            for layer in range(model.cfg.n_layers):  # the shared prefix's K/V (slices: never written in place)
+                past_k, past_v = kv.k[layer][0], kv.v[layer][0]
+                kv.k[layer][0] = past_k[:shared] if shared else None
+                kv.v[layer][0] = past_v[:shared] if shared else None
+            rest = ids[shared:]
+            kv.set_batch([0], [len(rest)])
+            model(torch.tensor(rest), torch.arange(shared, len(ids)), kv, logits_rows=torch.tensor([len(rest) - 1]))
+            before = ids
     return cap
 
 
